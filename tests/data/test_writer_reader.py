@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import re
 import tarfile
 
 import numpy as np
@@ -114,6 +115,17 @@ def test_truncated_shard_fails_sha256_check(tiny_root):
     shard = tiny_root / "test" / "tiny" / "train800-000002.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
     with pytest.raises(DataError, match=r"shard .*train800-000002\.tar does not match its manifest sha256"):
+        load_split("test/tiny", "train800")
+
+
+def test_sha256_error_names_the_non_default_root(tiny_root):
+    """The rebuild hint must point at the root the task lives in, or the rebuild lands elsewhere."""
+    shard = tiny_root / "test" / "tiny" / "train800-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    with pytest.raises(DataError, match=rf"rebuild the task with `.* --root {re.escape(str(tiny_root))}`"):
+        load_split("test/tiny", "train800")
+    shard.unlink()
+    with pytest.raises(DataError, match=rf"is missing; rebuild with `.* --root {re.escape(str(tiny_root))}`"):
         load_split("test/tiny", "train800")
 
 

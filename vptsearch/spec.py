@@ -49,6 +49,10 @@ def _check_nonneg_float(v: Any) -> str | None:
     return None if ok else "a number >= 0"
 
 
+def _check_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
 def _one_of(options: Sequence[str]) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in options else "one of " + ", ".join(options)
@@ -71,6 +75,8 @@ PARAMS: dict[str, ParamDef] = {
     "prompt.depth": ParamDef(_one_of(DEPTHS), ("vpt",), "deep"),
     "prompt.init": ParamDef(_one_of(INITS), ("vpt",), "random"),
     "prompt.deep_impl": ParamDef(_one_of(DEEP_IMPLS), ("vpt",), "prefix_kv"),
+    # SPT Table 4a ablation: prompts initialised, then frozen (only the head trains)
+    "prompt.frozen": ParamDef(_check_bool, ("vpt",), False),
     "adapter.reduction": ParamDef(_check_pos_int, ("adapter",), 8, numeric=True),
     "partial.k": ParamDef(_check_pos_int, ("partial",), 1, numeric=True),
     "optim.base_lr": ParamDef(_check_pos_float, METHODS, 1.0, numeric=True),
@@ -179,7 +185,15 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    dir: str | None = None  # None: exports/<name>
+    dir: str | None = None  # None: exports/<name>; a local path or an s3:// URI
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where Tune keeps experiment state and checkpoints (see vptsearch.search._storage)."""
+
+    path: str | None = None  # None: <run dir>/ray; a local/NFS path or s3://bucket/prefix
+    shared: bool = False  # a local path that every node sees (NFS); s3:// is always shared
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,7 @@ class SearchSpec:
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     export: ExportConfig = ExportConfig()
+    storage: StorageConfig = StorageConfig()
     smoke: bool = False
 
     @property
@@ -228,7 +243,9 @@ class SearchSpec:
         out["backbone"] = {**asdict(self.backbone), "model_kwargs": dict(self.backbone.model_kwargs)}
         out["method"] = self.method.to_yaml()
         out["params"] = {k: p.to_yaml() for k, p in self.params.items()}
-        for sec in ("search", "scheduler", "training", "protocol", "resources", "tracking", "export"):
+        for sec in (
+            "search", "scheduler", "training", "protocol", "resources", "tracking", "export", "storage"
+        ):
             d = asdict(getattr(self, sec))
             out[sec] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
         out["smoke"] = self.smoke
@@ -299,6 +316,7 @@ _TOP_KEYS = (
     "resources",
     "tracking",
     "export",
+    "storage",
     "smoke",
 )
 _SECTIONS: dict[str, type] = {
@@ -310,6 +328,7 @@ _SECTIONS: dict[str, type] = {
     "resources": ResourcesConfig,
     "tracking": TrackingConfig,
     "export": ExportConfig,
+    "storage": StorageConfig,
 }
 
 

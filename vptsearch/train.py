@@ -97,12 +97,15 @@ def model_options(config: dict[str, Any], spec: SearchSpec) -> dict[str, Any]:
     method = config.get("method", "vpt")
     c = {**trial_defaults(method), **config}
     if method == "vpt":
-        return {
+        opts = {
             "prompt_length": int(c["prompt.length"]),
             "depth": c["prompt.depth"],
             "prompt_dropout": spec.training.prompt_dropout,
             "deep_impl": c["prompt.deep_impl"],
         }
+        if c["prompt.frozen"]:  # only when set: bundles of trained prompts keep their old options
+            opts["frozen"] = True
+        return opts
     if method == "adapter":
         return {"reduction": int(c["adapter.reduction"])}
     if method == "partial":
@@ -175,12 +178,14 @@ def run_trial(
     reporter: Reporter | None = None,
     checkpoint: dict[str, Any] | None = None,
     threads: int | None = None,
+    backbone: Any = None,
 ) -> TrialResult:
     """Train one configuration on ``task`` and report every epoch (see the module docstring).
 
     ``config``: the sampled parameters (``method``, ``prompt.length``, ``optim.base_lr``, ...) plus
     optional ``seed`` (default 0) and ``phase`` (``search`` | ``final``). ``checkpoint``: a state
-    previously reported with a result; training resumes after its epoch.
+    previously reported with a result; training resumes after its epoch. ``backbone``: an already
+    built backbone (a Ray worker's copy from the object store); default: the spec's, loaded once.
     """
     from vptsearch.data import get_task
     from vptsearch.models import build_model, initialize_prompts, parameter_accounting, prompt_nmi
@@ -197,7 +202,7 @@ def run_trial(
     train_split, eval_split = info.search_splits if phase == "search" else info.final_splits
     tr = spec.training
 
-    backbone = get_backbone(spec)
+    backbone = backbone if backbone is not None else get_backbone(spec)
     torch.manual_seed(seed)
     model = build_model(backbone, info.num_classes, method, **model_options(config, spec))
     init_info: dict[str, Any] = {}

@@ -70,8 +70,15 @@ def _vpt(
     depth: str = "deep",
     prompt_dropout: float = 0.0,
     deep_impl: str = "tokens",
+    frozen: bool = False,
 ) -> None:
+    if not isinstance(frozen, bool):
+        raise ConfigError(f"frozen must be true or false, got {frozen!r}")
     model.add_prompts(prompt_length, depth=depth, prompt_dropout=prompt_dropout, deep_impl=deep_impl)
+    if frozen and model.prompt_tokens is not None:
+        # SPT Table 4a: prompts keep their initial values (initialize_prompts writes them in place
+        # later) and only the head trains; they still travel in trained_state_dict() for export.
+        model.prompt_tokens.requires_grad_(False)
 
 
 @register_method("linear", "linear probe: only the head trains")

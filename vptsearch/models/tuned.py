@@ -116,13 +116,20 @@ class TunedModel(nn.Module):
     def num_trainable_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def _state_params(self) -> dict[str, nn.Parameter]:
+        """The tensors a trained state holds: every trained one, plus prompts frozen after init
+        (``frozen=True``: they are the task's prompts, so bundles and checkpoints carry them)."""
+        return {
+            n: p for n, p in self.named_parameters() if p.requires_grad or n == "prompt_tokens"
+        }
+
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trained tensors, keyed exactly as in ``state_dict()`` (see docs/models.md)."""
-        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        return {n: p.detach().clone() for n, p in self._state_params().items()}
 
     def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load tensors saved by ``trained_state_dict``; keys and shapes must match exactly."""
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        params = self._state_params()
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         if missing or unexpected:

@@ -23,8 +23,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="run a search space: search, select, retrain with final seeds, export")
     p.add_argument("--space", required=True, help="search space YAML (see search_spaces/)")
     p.add_argument("--address", help="Ray cluster address (HOST:PORT, ray://HOST:PORT, auto); default: local")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the space's tracking.uri)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the space's tracking.uri)")
     p.add_argument("--resume", action="store_true", help="continue the latest launch of this space")
+    p.add_argument("--storage", metavar="URI",
+                   help="Tune experiment storage: local/NFS path or s3://BUCKET/PREFIX "
+                        "(default: $VPTSEARCH_STORAGE, else storage.path, else the run dir)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     p.add_argument("--smoke", action="store_true", help="shrink to a few short trials (same code paths)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
@@ -62,6 +66,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="data root (default: $VPTSEARCH_DATA or ~/.cache/vptsearch/shards)")
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser("sync", help="replay a launch's MLflow writes the tracking store missed")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the launch folder (runs/<name>/<stamp>)")
+    p.add_argument("--tracking-uri", help="sync into this store instead (default: the launch's own)")
+    p.set_defaults(func=cmd_sync)
+
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
@@ -93,7 +102,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.space, overrides=args.set, smoke=args.smoke)
     launch(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
-           dashboard=not args.no_dashboard)  # fmt: skip
+           dashboard=not args.no_dashboard, storage=args.storage)  # fmt: skip
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from vptsearch.search._tracking import sync
+
+    c = sync(args.run_dir, args.tracking_uri)
+    print(
+        f"synced {c.get('records', 0)} MLflow write(s) to {c['uri']}: "
+        f"{c.get('runs_created', 0)} run(s) created, {c.get('runs_found', 0)} found, "
+        f"{c.get('metrics', 0)} metric value(s) ({c.get('metrics_skipped', 0)} already there), "
+        f"{c.get('params', 0)} param(s), {c.get('tags', 0)} tag(s), {c.get('artifacts', 0)} artifact(s); "
+        f"{c['left']} left"
+    )
     return 0
 
 

@@ -21,7 +21,13 @@ from vptsearch._errors import ConfigError, DataError, VptsearchError
 from vptsearch._net import unreachable
 from vptsearch.search import _bundle, _report
 from vptsearch.search._protocol import TrialRecord, final_configs, mean_std, select
-from vptsearch.search._tracking import PREFIX, Tracker, artifact_location, check_tracking_uri
+from vptsearch.search._tracking import (
+    PREFIX,
+    Tracker,
+    artifact_location,
+    check_tracking_uri,
+    tracking_uri_for,
+)
 from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict, trial_defaults
 
 log = logging.getLogger("vptsearch")
@@ -42,6 +48,7 @@ class LaunchSummary:
     bundles: dict[str, Path] = field(default_factory=dict)
     dashboard_url: str | None = None
     seconds: float = 0.0
+    unsynced: int = 0  # MLflow writes still in the spool (tracking store unreachable at the end)
 
 
 # --- run folders ----------------------------------------------------------------------------------
@@ -157,29 +164,35 @@ def _run_tuner(
     num_samples: int,
     callbacks: list,
     resume: bool,
+    backbone: Any = None,
 ) -> Any:
     from ray import tune
 
+    from vptsearch.search._storage import launch_storage
     from vptsearch.search._trainable import make_trainable
 
     # num_to_keep=1 makes Tune snapshot the experiment after every checkpoint (our per-epoch,
     # kilobyte-sized ones) and warn each time that snapshots are frequent; locally they are cheap.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    storage = run_dir / "ray"
-    path = storage / name
-    if resume and tune.Tuner.can_restore(str(path)):
+    store = launch_storage(spec, run_dir)  # local run dir, NFS, or a pyarrow filesystem (S3)
+    path = f"{store.path}/{name}"
+    # backbone: the driver's weights in the object store (_cluster.share_backbone)
+    trainable = make_trainable(spec) if backbone is None else make_trainable(spec, backbone)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=store.fs):
         tuner = tune.Tuner.restore(
-            str(path), trainable=make_trainable(spec), resume_unfinished=True, resume_errored=True
-        )
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+            storage_filesystem=store.fs,
+        )  # fmt: skip
     else:
         tuner = tune.Tuner(
-            make_trainable(spec),
+            trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=num_samples, reuse_actors=True
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(storage),
+                storage_path=store.path,
+                storage_filesystem=store.fs,
                 callbacks=callbacks,
                 verbose=0,  # ProgressCallback prints one line per finished trial
                 failure_config=tune.FailureConfig(max_failures=2),
@@ -295,14 +308,20 @@ def export_bundles(
     tracker: Tracker | None = None,
     parents: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """(Re-)export the bundle of every task of a finished launch from its saved results."""
+    """(Re-)export the bundle of every task of a finished launch from its saved results.
+
+    An ``s3://`` (or other pyarrow URI) export dir gets the bundles written under
+    ``<run_dir>/export`` first, then copied there; the returned paths are the local copies.
+    """
     from safetensors.torch import load_file
 
+    from vptsearch.search._storage import is_uri, upload
     from vptsearch.train import get_backbone
 
     spec = spec_from_dict(read_yaml(run_dir / SPEC_FILE))
     results = json.loads((run_dir / RESULTS_FILE).read_text())
-    out = Path(out_dir or spec.export_dir).resolve()
+    dest = str(out_dir or spec.export_dir)
+    out = run_dir / "export" if is_uri(dest) else Path(dest).resolve()
     backbone = get_backbone(spec)
     bundles: dict[str, Path] = {}
     for task, res in results["tasks"].items():
@@ -312,7 +331,9 @@ def export_bundles(
         meta = bundle_meta(spec, task, {**res, "launch_id": results["launch_id"]}, backbone)
         bundles[task] = _bundle.write_bundle(out / _bundle.task_dirname(task), load_file(weights), meta)
         if tracker is not None and parents and task in parents:
-            tracker.client.log_artifacts(parents[task], str(bundles[task]), artifact_path="bundle")
+            tracker.log_artifact(parents[task], bundles[task], artifact_path="bundle")
+    if is_uri(dest) and bundles:
+        upload(out, dest)
     return bundles
 
 
@@ -325,8 +346,13 @@ def launch(
     resume: bool = False,
     dashboard: bool = True,
     say: Any = print,
+    storage: str | None = None,
 ) -> LaunchSummary:
-    """Run a whole search space: search -> select -> final seeds -> export, tracked in MLflow."""
+    """Run a whole search space: search -> select -> final seeds -> export, tracked in MLflow.
+
+    ``storage``: where Tune keeps experiment state and checkpoints (a local/NFS path or
+    ``s3://...``; default ``$VPTSEARCH_STORAGE``, the spec's ``storage.path``, else the run dir).
+    """
     from vptsearch.data import data_root, get_task, resolve_tasks
     from vptsearch.train import get_backbone
 
@@ -336,29 +362,42 @@ def launch(
     tasks = resolve_tasks(spec.suite if isinstance(spec.suite, str) else list(spec.suite), spec.data_root)
     check_data(spec, tasks, say)
     get_backbone(spec)  # fails early on a bad backbone; cached for in-driver use
-    uri = check_tracking_uri(tracking_uri or spec.tracking.uri)
+    uri = check_tracking_uri(tracking_uri_for(tracking_uri, spec.tracking.uri))
     if address:
         check_address(address)
+    from vptsearch.search._storage import check_storage, launch_storage, with_storage
+
+    spec = with_storage(spec, storage)
+    if spec.storage.path:
+        check_storage(launch_storage(spec, run_dir))
     launch_id = f"{spec.name}/{run_dir.name}"
-    tracker = Tracker(
-        uri, spec.experiment, artifact_location(spec.tracking.artifact_location, uri), launch_id
-    )
     run_dir.mkdir(parents=True, exist_ok=True)
+    art_loc = artifact_location(spec.tracking.artifact_location, uri)
+    # Every MLflow write of the launch goes through the run dir's spool (see _spool): a tracking
+    # server going away mid-run never stops a trial; `vptsearch sync` replays what it missed.
+    tracker = Tracker(uri, spec.experiment, art_loc, launch_id, run_dir=run_dir)
     spec.dump(run_dir / SPEC_FILE)
-    (run_dir / "tracking.json").write_text(
-        json.dumps({"uri": uri, "experiment": spec.experiment, "launch_id": launch_id})
-    )
+    (run_dir / "tracking.json").write_text(json.dumps(
+        {"uri": uri, "experiment": spec.experiment, "launch_id": launch_id, "artifact_location": art_loc}
+    ))  # fmt: skip
 
     launch_run = tracker.launch_run(launch_id)
     tracker.set_tags(launch_run, {PREFIX + "space": spec.name, PREFIX + "run_dir": str(run_dir)})
-    tracker.client.log_artifact(launch_run, str(run_dir / SPEC_FILE))
+    tracker.log_artifact(launch_run, run_dir / SPEC_FILE)
     parents = {t: tracker.task_run(t, get_task(t, spec.data_root).group) for t in tasks}
     import ray
 
     started_here = not ray.is_initialized()
     dashboard_url = start_ray(address, dashboard)
     try:
-        return _run_phases(spec, tasks, run_dir, tracker, launch_run, parents, dashboard_url, resume, say, t0)
+        summary = _run_phases(
+            spec, tasks, run_dir, tracker, launch_run, parents, dashboard_url, resume, say, t0
+        )
+        summary.unsynced = _close_tracker(tracker, say)
+        return summary
+    except BaseException:
+        _close_tracker(tracker, say, drain_s=10.0)
+        raise
     finally:
         if started_here:  # a cluster we started is ours to stop; a connected one is left alone
             ray.shutdown()
@@ -392,12 +431,24 @@ def _run_phases(
         say(f"                  browse: `vptsearch ui --tracking-uri {uri}`")
     if dashboard_url:
         say(f"  Ray dashboard:  {dashboard_url}")
+    from vptsearch.search import _cluster
+    from vptsearch.search._metrics import MetricsCallback
+    from vptsearch.search._storage import launch_storage
+    from vptsearch.train import get_backbone
+
+    store = launch_storage(spec, run_dir)
+    say(f"  Tune storage:   {store.uri}")
+    _cluster.preflight(spec, store, tasks, say)  # >1 node: shared storage, data on every node
+    backbone = _cluster.share_backbone(get_backbone(spec))  # once, not per trial or per node
 
     def callbacks(phase: str, n_trials: int) -> list:
-        """MLflow logging and progress lines of one phase's trials."""
+        """MLflow logging, progress lines and Ray metrics of one phase's trials."""
         epochs = spec.training.epochs
         return [
-            TrackingCallback(uri, spec.experiment, None, launch_id, parents, epochs, resume=resume),
+            MetricsCallback(phase, epochs, tasks),
+            TrackingCallback(
+                uri, spec.experiment, None, launch_id, parents, epochs, resume=resume, run_dir=run_dir
+            ),
             ProgressCallback(n_trials, epochs, phase),
         ]
 
@@ -413,6 +464,7 @@ def _run_phases(
         budget,
         callbacks("search", budget),
         resume,
+        backbone,
     )
     records = _records(results, spec.training.epochs)
     selection = select(records, tasks)
@@ -438,6 +490,7 @@ def _run_phases(
             n_final,
             callbacks("final", n_final),
             resume,
+            backbone,
         )
         final_states = _final_states(fres, run_dir, spec.training.epochs)
 
@@ -452,14 +505,25 @@ def _run_phases(
     paths = list(_report.write_summary(rows, art).values()) + _report.write_plots(trials, art)
     _write_trials(trials, art / "trials.parquet")
     for p in [*paths, art / "trials.parquet", run_dir / RESULTS_FILE]:
-        tracker.client.log_artifact(launch_run, str(p))
+        tracker.log_artifact(launch_run, p)
     seconds = time.perf_counter() - t0
     tracker.log_metrics(launch_run, {"wall_seconds": seconds, "tasks": len(tasks), "trials": len(records)})
     tracker.end(launch_run)
     say(_report.markdown_table(rows))
-    say(f"bundles: {Path(spec.export_dir).resolve()}  ({len(bundles)} task(s))")
+    from vptsearch.search._storage import is_uri
+
+    where = spec.export_dir if is_uri(spec.export_dir) else Path(spec.export_dir).resolve()
+    say(f"bundles: {where}  ({len(bundles)} task(s))")
     say(f"summary: {art / 'summary.md'}   wall time {seconds:.0f} s")
     return LaunchSummary(launch_id, run_dir, uri, spec.experiment, rows, bundles, dashboard_url, seconds)
+
+
+def _close_tracker(tracker: Tracker, say: Any, drain_s: float = 120.0) -> int:
+    """Let the MLflow writer catch up, then say how to sync what the store did not take."""
+    left = tracker.close(drain_s=drain_s)
+    if left:
+        say(tracker.unsynced_message(left))
+    return left
 
 
 def _check_resources(spec: SearchSpec) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from vptsearch.search._cluster import SharedBackbone
 from vptsearch.spec import SearchSpec, spec_from_dict
 from vptsearch.train import run_trial
 
@@ -47,8 +48,12 @@ def _spec(spec_json: str) -> SearchSpec:
     return spec_from_dict(json.loads(spec_json))
 
 
-def trainable(config: dict[str, Any], spec_json: str) -> None:
-    """Tune function trainable: one trial of ``config["task"]`` in ``config["phase"]``."""
+def trainable(config: dict[str, Any], spec_json: str, backbone: SharedBackbone | None = None) -> None:
+    """Tune function trainable: one trial of ``config["task"]`` in ``config["phase"]``.
+
+    ``backbone``: the driver's backbone in the object store (``_cluster.share_backbone``); the
+    worker builds the model from it once instead of reading the weights file (None: read the file).
+    """
     spec = _spec(spec_json)
     run_trial(
         config,
@@ -57,10 +62,12 @@ def trainable(config: dict[str, Any], spec_json: str) -> None:
         reporter=TuneReporter(),
         checkpoint=load_state(tune.get_checkpoint()),
         threads=max(1, int(spec.resources.cpu)),
+        backbone=None if backbone is None else backbone.get(),
     )
 
 
-def make_trainable(spec: SearchSpec) -> Any:
-    """``trainable`` bound to ``spec`` with the trial's resources (cpu/gpu fractions allowed)."""
-    bound = tune.with_parameters(trainable, spec_json=json.dumps(spec.to_dict()))
+def make_trainable(spec: SearchSpec, backbone: SharedBackbone | None = None) -> Any:
+    """``trainable`` bound to ``spec`` (and the shared backbone) with the trial's resources
+    (cpu/gpu fractions allowed)."""
+    bound = tune.with_parameters(trainable, spec_json=json.dumps(spec.to_dict()), backbone=backbone)
     return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})

@@ -370,6 +370,19 @@ def launch(
     spec = with_storage(spec, storage)
     if spec.storage.path:
         check_storage(launch_storage(spec, run_dir))
+    import ray
+
+    started_here = not ray.is_initialized()
+    dashboard_url = start_ray(address, dashboard)
+    try:  # checks that need the cluster, still before any MLflow run or trial exists
+        _check_resources(spec)
+        from vptsearch.search._cluster import preflight
+
+        preflight(spec, launch_storage(spec, run_dir), tasks, say)  # >1 node: shared storage, data
+    except BaseException:
+        if started_here:
+            ray.shutdown()
+        raise
     launch_id = f"{spec.name}/{run_dir.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     art_loc = artifact_location(spec.tracking.artifact_location, uri)
@@ -385,10 +398,6 @@ def launch(
     tracker.set_tags(launch_run, {PREFIX + "space": spec.name, PREFIX + "run_dir": str(run_dir)})
     tracker.log_artifact(launch_run, run_dir / SPEC_FILE)
     parents = {t: tracker.task_run(t, get_task(t, spec.data_root).group) for t in tasks}
-    import ray
-
-    started_here = not ray.is_initialized()
-    dashboard_url = start_ray(address, dashboard)
     try:
         summary = _run_phases(
             spec, tasks, run_dir, tracker, launch_run, parents, dashboard_url, resume, say, t0
@@ -420,7 +429,6 @@ def _run_phases(
     from vptsearch.search._tracking import ProgressCallback, TrackingCallback
 
     uri, launch_id = tracker.uri, tracker.launch_id
-    _check_resources(spec)
     say(f"vptsearch: launch {launch_id}: {len(tasks)} task(s), {spec.search.trials_per_task} trials each")
     say(f"  run dir:        {run_dir}")
     if uri.startswith(("http://", "https://")):
@@ -436,9 +444,7 @@ def _run_phases(
     from vptsearch.search._storage import launch_storage
     from vptsearch.train import get_backbone
 
-    store = launch_storage(spec, run_dir)
-    say(f"  Tune storage:   {store.uri}")
-    _cluster.preflight(spec, store, tasks, say)  # >1 node: shared storage, data on every node
+    say(f"  Tune storage:   {launch_storage(spec, run_dir).uri}")
     backbone = _cluster.share_backbone(get_backbone(spec))  # once, not per trial or per node
 
     def callbacks(phase: str, n_trials: int) -> list:

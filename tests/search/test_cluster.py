@@ -1,0 +1,160 @@
+"""A simulated 2-node Ray cluster (``ray.cluster_utils.Cluster``): preflight checks, resources, the
+backbone through the object store, ``--address`` handling. One cluster is shared by the module
+(head with 0 CPUs, so every trial and task that needs a CPU lands on the worker node)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vptsearch._errors import ConfigError, DataError
+from vptsearch.cli import main
+from vptsearch.spec import spec_from_dict
+
+from .conftest import TASKS, TINY_KWARGS
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _write(tmp_path: Path, raw: dict) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _launch_error(capsys, args: list[str]) -> str:
+    assert main(["launch", "--no-dashboard", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vptsearch: error: ") and "\n" not in err
+    return err
+
+
+# --- no cluster needed ------------------------------------------------------------------------------
+def test_fractional_gpu_reaches_tunes_placement(base_raw) -> None:
+    from vptsearch.search._trainable import make_trainable
+
+    spec = spec_from_dict({**base_raw, "resources": {"cpu": 2, "gpu": 0.25}})
+    assert (spec.resources.cpu, spec.resources.gpu) == (2.0, 0.25)
+    pgf = make_trainable(spec)._resources  # what tune.with_resources hands to Tune's scheduler
+    assert pgf.required_resources == {"CPU": 2.0, "GPU": 0.25}
+    with pytest.raises(ConfigError, match=r"resources\.gpu"):
+        spec_from_dict({**base_raw, "resources": {"gpu": 1.5}})
+
+
+def test_unreachable_address_fails_fast_with_one_line(base_raw, tmp_path, capsys) -> None:
+    for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):
+        t0 = time.monotonic()
+        err = _launch_error(capsys, ["--space", _write(tmp_path, base_raw), "--address", address])
+        assert time.monotonic() - t0 < 10
+        assert address in err and "unreachable" in err
+    err = _launch_error(capsys, ["--space", _write(tmp_path, base_raw), "--address", "headnode"])
+    assert "HOST:PORT" in err
+
+
+# --- on the 2-node cluster --------------------------------------------------------------------------
+def test_local_storage_refused_on_two_nodes_before_any_trial(cluster, base_raw, tmp_path, capsys) -> None:
+    err = _launch_error(capsys, ["--space", _write(tmp_path, base_raw), "--address", cluster.address])
+    assert "2 alive nodes" in err and "s3://" in err and "storage.shared: true" in err
+    runs = list((tmp_path / "runs").rglob("search"))
+    assert runs == []  # no Tune experiment was started
+
+
+def test_shared_storage_passes_and_every_node_is_checked_for_data(cluster, base_raw, tmp_path) -> None:
+    from vptsearch.search import _cluster
+    from vptsearch.search._storage import launch_storage
+
+    raw = {**base_raw, "storage": {"path": str(tmp_path / "nfs"), "shared": True}}
+    spec = spec_from_dict(raw)
+    store = launch_storage(spec, tmp_path / "runs" / "smoke" / "stamp")
+    assert store.shared and store.path == str(tmp_path / "nfs" / "smoke" / "stamp")
+    said: list[str] = []
+    assert _cluster.preflight(spec, store, list(TASKS), said.append) == 2
+    assert "2 nodes (1 can host a trial)" in said[0]
+
+    # a node whose data root lacks the tasks: one line naming the node, the root and the command
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError) as exc:
+        _cluster.check_nodes_data(list(TASKS), str(empty), _cluster.alive_nodes())
+    msg = str(exc.value)
+    assert "\n" not in msg and "node " in msg and str(empty) in msg
+    assert "vptsearch data build-mini" in msg and TASKS[0] in msg
+
+
+def test_resources_beyond_the_cluster_are_refused(cluster, base_raw, tmp_path, capsys) -> None:
+    raw = {**base_raw, "storage": {"path": str(tmp_path / "nfs"), "shared": True}}
+    for resources, key in (({"cpu": 4}, "resources.cpu"), ({"cpu": 1, "gpu": 0.5}, "resources.gpu")):
+        space = _write(tmp_path, {**raw, "resources": resources})
+        err = _launch_error(capsys, ["--space", space, "--address", cluster.address])
+        assert key in err and "add nodes" in err
+
+
+def test_trial_on_a_worker_builds_the_backbone_from_the_object_store(
+    cluster, base_raw, tiny_backbone_file, tmp_path
+) -> None:
+    """The weights file exists only while the driver loads it; the trial (on the worker node, the
+    head has no CPU) still trains, and the backbone it got carries the driver's sha256."""
+    import ray
+    import torch
+    from ray import tune
+
+    from vptsearch.models import load_backbone
+    from vptsearch.search._cluster import SharedBackbone, share_backbone
+    from vptsearch.search._trainable import make_trainable
+
+    weights = tmp_path / "weights" / "tiny.safetensors"
+    weights.parent.mkdir()
+    shutil.copy(tiny_backbone_file, weights)
+    driver = load_backbone(weights, architecture="vit_tiny_patch16_224", model_kwargs=TINY_KWARGS)
+    shared = share_backbone(driver)
+    shutil.rmtree(weights.parent)  # gone: nobody can read the file any more
+
+    remote = ray.get(ray.remote(num_cpus=1)(SharedBackbone.get).remote(shared))
+    assert remote.sha256 == driver.sha256 == shared.sha256
+    assert remote.architecture == driver.architecture and remote.source == "local"
+    for k, v in driver.model.state_dict().items():
+        assert torch.equal(remote.model.state_dict()[k], v)
+
+    raw = {**base_raw, "backbone": {**base_raw["backbone"], "name": str(weights)},
+           "training": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64}}  # fmt: skip
+    spec = spec_from_dict(raw)
+    config = {"task": TASKS[0], "phase": "search", "seed": 0, "method": "vpt", "prompt.length": 1,
+              "optim.base_lr": 1.0}  # fmt: skip
+    tuner = tune.Tuner(
+        make_trainable(spec, shared),
+        param_space=config,
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t", verbose=0),
+    )
+    result = tuner.fit()[0]
+    assert result.error is None, result.error
+    assert result.metrics["epoch"] == 1 and 0.0 <= result.metrics["val_acc"] <= 1.0
+    assert not weights.exists()
+
+
+def test_shared_backbone_is_cached_per_process(cluster, tiny_backbone_file) -> None:
+    from vptsearch.models import load_backbone
+    from vptsearch.search._cluster import share_backbone
+
+    shared = share_backbone(
+        load_backbone(tiny_backbone_file, architecture="vit_tiny_patch16_224", model_kwargs=TINY_KWARGS)
+    )
+    first = shared.get()
+    assert shared.get() is first  # one build per worker process, reused by every trial
+    assert first.sha256 == shared.sha256 and first.model.training is False

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,11 @@ def resolve_tracking_uri(uri: str) -> str:
     if "://" not in uri:  # a plain path is a file store
         return Path(uri).resolve().as_uri()
     return uri
+
+
+def tracking_uri_for(flag: str | None, spec_uri: str) -> str:
+    """The launch's tracking URI: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the spec's."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
@@ -104,102 +108,155 @@ def artifact_location(location: str | None, uri: str) -> str | None:
 
 
 class Tracker:
-    """Driver-side MLflow helper: find-or-create experiment, launch, task and trial runs."""
+    """Driver-side MLflow writer of a launch: experiment, launch, task and trial runs.
 
-    def __init__(self, uri: str, experiment: str, artifact_location_: str | None, launch_id: str) -> None:
-        self.uri, self.launch_id = uri, launch_id
-        self.client = client(uri)
+    Runs are named by *refs* (their identifying tags, see :func:`_spool.run_ref`), not MLflow ids.
+    With ``run_dir`` every write goes through the launch's durable spool and a background writer
+    (:mod:`vptsearch.search._spool`): callers never wait on the store and an unreachable server
+    loses nothing (``vptsearch sync`` replays it). Without ``run_dir`` writes are applied at once.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        artifact_location_: str | None,
+        launch_id: str,
+        run_dir: Path | None = None,
+    ) -> None:
+        from vptsearch.search._spool import Applier, Spool, Writer
+
+        self.uri, self.launch_id, self.experiment = uri, launch_id, experiment
+        self.applier = Applier(client(uri), experiment, artifact_location_)
         try:
-            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = self.applier.experiment_id
         except Exception as exc:  # any store failure is one user-facing error
             raise ConfigError(f"tracking URI {uri!r} failed: {str(exc).splitlines()[0][:200]}") from None
-        self.experiment_id = (
-            exp.experiment_id
-            if exp is not None
-            else self.client.create_experiment(
-                experiment,
-                artifact_location=artifact_location_,
-                # MLflow 3's UI opens experiments in its GenAI (traces) view unless told otherwise;
-                # this kind makes it show the runs table with our task / trial runs.
-                tags={"mlflow.experimentKind": "custom_model_development"},
-            )
-        )
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.writer: Writer | None = None
+        if self.run_dir is not None:
+            self.writer = Writer(Spool(self.run_dir), self.applier, uri)
+            self.writer.start()
+            _OPEN[str(self.run_dir)] = self
 
-    def find(self, **tags: str) -> Any | None:
-        flt = " and ".join(f"tags.`{PREFIX}{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=2)
-        return runs[0] if runs else None
+    @property
+    def client(self) -> Any:
+        """The MlflowClient, for reads (writes go through the spool)."""
+        return self.applier.client
+
+    def _submit(self, rec: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.submit(rec)
+        else:
+            self.applier.apply([rec], trust_new=True)
+
+    def run(
+        self,
+        name: str,
+        tags: dict[str, Any],
+        key: dict[str, Any],
+        parent: str | None = None,
+        new: bool = False,
+    ) -> str:
+        """Find-or-create the run identified by ``key`` (tags, prefixed here); returns its ref.
+
+        ``new=True`` skips the tag look-up: only for runs that cannot exist yet (a fresh launch's
+        trials), where it saves a store round trip per trial.
+        """
+        from vptsearch.search._spool import run_ref
+
+        full_key = {PREFIX + k: str(v) for k, v in key.items()}
+        ref = run_ref(full_key)
+        all_tags = {PREFIX + k: str(v) for k, v in {**tags, **key}.items()}
+        self._submit({"op": "run", "ref": ref, "name": name, "tags": all_tags, "parent": parent, "new": new})
+        return ref
 
     def find_or_create(
         self, name: str, tags: dict[str, str], key: dict[str, str], parent: str | None = None
     ) -> str:
-        return self.find_or_create_run(name, tags, key, parent)[0]
-
-    def find_or_create_run(
-        self,
-        name: str,
-        tags: dict[str, str],
-        key: dict[str, str],
-        parent: str | None = None,
-        search: bool = True,
-    ) -> tuple[str, bool]:
-        """(run id, created). ``search=False`` skips the tag look-up: only for runs that cannot
-        exist yet (a fresh launch's trials), where it saves a store round trip per trial."""
-        run = self.find(**key) if search else None
-        if run is not None:
-            if run.info.status != "RUNNING":
-                self.client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id, False
-        all_tags = {PREFIX + k: str(v) for k, v in {**tags, **key}.items()}
-        if parent:
-            all_tags["mlflow.parentRunId"] = parent
-        return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id, True
+        return self.run(name, tags, key, parent)
 
     def launch_run(self, name: str) -> str:
-        return self.find_or_create(name, {"kind": "launch"}, {"launch": self.launch_id, "kind": "launch"})
+        return self.run(name, {"kind": "launch"}, {"launch": self.launch_id, "kind": "launch"})
 
     def task_run(self, task: str, group: str, parent: str | None = None) -> str:
-        return self.find_or_create(
+        return self.run(
             task, {"group": group, "kind": "task"}, {"launch": self.launch_id, "task": task, "kind": "task"}
         )
 
-    def log_params_once(self, run_id: str, params: dict[str, Any]) -> None:
-        """Params are immutable in MLflow: log only the ones not logged yet (resume-safe)."""
-        from mlflow.entities import Param
-
-        have = self.client.get_run(run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in have]
-        if new:
-            self.client.log_batch(run_id, params=new)
-
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
+    def log(
+        self,
+        ref: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float | None] | None = None,
+        step: int = 0,
+        tags: dict[str, Any] | None = None,
+    ) -> None:
+        """One write of params (each set once: immutable in MLflow), metrics at ``step`` and tags."""
+        now = int(time.time() * 1000)
+        rec: dict[str, Any] = {"op": "log", "ref": ref}
         if params:
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            rec["params"] = {k: str(v) for k, v in params.items()}
+        if metrics:
+            rec["metrics"] = [[k, float(v), now, int(step)] for k, v in metrics.items() if v is not None]
+        if tags:
+            rec["tags"] = {k: str(v) for k, v in tags.items()}
+        if len(rec) > 2:
+            self._submit(rec)
+
+    def log_params_once(self, run_id: str, params: dict[str, Any]) -> None:
+        self.log(run_id, params=params)
+
+    log_params = log_params_once
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        self.log(run_id, tags=tags)
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
+        self.log(run_id, metrics=metrics, step=step)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        if ms:
-            self.client.log_batch(run_id, metrics=ms)
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file or a whole folder; uploaded by the writer (the path must stay until synced)."""
+        self._submit({"op": "artifact", "ref": run_id, "path": str(Path(path).resolve()),
+                      "artifact_path": artifact_path})  # fmt: skip
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._submit({"op": "end", "ref": run_id, "status": status})
+
+    def run_id(self, ref: str) -> str | None:
+        """The MLflow id of a run the writer has created or found (None before that)."""
+        return self.applier.ids.get(ref)
+
+    def close(self, drain_s: float = 120.0, down_grace_s: float = 5.0) -> int:
+        """Drain the spool into the store and stop the writer; returns the writes left unsynced."""
+        if self.writer is None:
+            return 0
+        _OPEN.pop(str(self.run_dir), None)
+        left = self.writer.close(drain_s, down_grace_s)
+        return left
+
+    def unsynced_message(self, left: int) -> str:
+        why = self.writer.last_error if self.writer is not None else None
+        return (
+            f"{left} MLflow writes not synced (server {self.uri} unreachable"
+            f"{f': {why}' if why else ''}); run `vptsearch sync {self.run_dir}` when it is back"
+        )
+
+
+_OPEN: dict[str, Tracker] = {}  # run dir -> its launch's Tracker (restored callbacks find it here)
+
+
+def open_tracker(run_dir: Path | str) -> Tracker | None:
+    return _OPEN.get(str(Path(run_dir)))
 
 
 class TrackingCallback(tune.Callback):
     """Logs every Tune trial as a nested MLflow run of its task's parent run (from the driver).
 
-    Per-epoch metrics are buffered and written with ``log_batch`` (every ``flush_s`` seconds and at
-    the end of each trial); the trial's final status becomes the tag ``vptsearch.status``.
+    Each result becomes one spooled write (the background writer batches them into ``log_batch``
+    calls); the trial's final status becomes the tag ``vptsearch.status``. With ``run_dir`` the
+    callback writes through that launch's open :class:`Tracker` (also after Tune unpickles it on
+    ``--resume``), so nothing here waits on the tracking store.
     """
 
     def __init__(
@@ -212,26 +269,28 @@ class TrackingCallback(tune.Callback):
         max_epochs: int,
         flush_s: float = 5.0,
         resume: bool = True,
+        run_dir: Path | str | None = None,
     ) -> None:
         self.args = (uri, experiment, artifact_loc, launch_id)
-        self.parents, self.max_epochs, self.flush_s = parents, max_epochs, flush_s
+        self.parents, self.max_epochs = parents, max_epochs
+        self.run_dir = str(run_dir) if run_dir is not None else None
         # A fresh launch has no trial runs in the store yet: no need to search for them by tag.
         self.resume = resume
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
-        self._buffer: dict[str, list[tuple[dict[str, float], int]]] = defaultdict(list)
-        self._last_flush = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         d = dict(self.__dict__)
         # An unpickled callback belongs to a restored experiment: its trials' runs may exist.
-        d.update(_tracker=None, _runs={}, _buffer=defaultdict(list), resume=True)
+        d.update(_tracker=None, _runs={}, resume=True)
         return d
 
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = Tracker(*self.args)
+            self._tracker = (open_tracker(self.run_dir) if self.run_dir else None) or Tracker(
+                *self.args, run_dir=self.run_dir
+            )
         return self._tracker
 
     def _run_id(self, trial: Any) -> str:
@@ -253,15 +312,9 @@ class TrackingCallback(tune.Callback):
                 "launch": self.tracker.launch_id,
                 "seed": cfg.get("seed", 0),
             }
-            run_id, created = self.tracker.find_or_create_run(
-                name, tags, key, parent=self.parents.get(task), search=self.resume
-            )
-            params = {k: v for k, v in cfg.items() if k not in ("task", "phase")}
-            if created:  # a new run has no params yet: one write, no read-back
-                self.tracker.log_params(run_id, params)
-            else:
-                self.tracker.log_params_once(run_id, params)
-            self._runs[tid] = run_id
+            ref = self.tracker.run(name, tags, key, parent=self.parents.get(task), new=not self.resume)
+            self.tracker.log(ref, params={k: v for k, v in cfg.items() if k not in ("task", "phase")})
+            self._runs[tid] = ref
         return self._runs[tid]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -271,43 +324,19 @@ class TrackingCallback(tune.Callback):
         metrics = {
             k: v for k, v in result.items() if k in LOGGED_METRICS or k.startswith(LOGGED_METRIC_PREFIXES)
         }
-        self._buffer[trial.trial_id].append((metrics, int(result.get("epoch", iteration))))
-        if time.monotonic() - self._last_flush > self.flush_s:
-            self.flush()
-
-    def flush(self, only: str | None = None, tags: dict[str, str] | None = None) -> None:
-        """Write buffered metrics (of every trial, or of ``only`` together with its ``tags``)."""
-        from mlflow.entities import Metric, RunTag
-
-        for tid in [only] if only else list(self._buffer):
-            items = self._buffer.pop(tid, [])
-            if tid not in self._runs or not (items or tags):
-                continue
-            now = int(time.time() * 1000)
-            ms = [Metric(k, float(v), now, step) for m, step in items for k, v in m.items()]
-            run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
-            for i in range(0, max(1, len(ms)), 900):  # log_batch accepts at most 1000 metrics
-                self.tracker.client.log_batch(
-                    self._runs[tid], metrics=ms[i : i + 900], tags=run_tags if i == 0 else []
-                )
-        if only is None:
-            self._last_flush = time.monotonic()
+        self.tracker.log(self._run_id(trial), metrics=metrics, step=int(result.get("epoch", iteration)))
 
     def _finish(self, trial: Any, error: bool) -> None:
-        self._run_id(trial)
+        ref = self._run_id(trial)
         status = trial_status(trial.last_result, self.max_epochs, error)
-        # Last metrics and the status tag in one write, then the end state.
-        self.flush(only=trial.trial_id, tags={PREFIX + "status": status})
-        self.tracker.end(self._runs[trial.trial_id], MLFLOW_STATUS[status])
+        self.tracker.log(ref, tags={PREFIX + "status": status})
+        self.tracker.end(ref, MLFLOW_STATUS[status])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.flush()
 
 
 class ProgressCallback(tune.Callback):
@@ -342,3 +371,41 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, error=True)
+
+
+# --- vptsearch sync -----------------------------------------------------------------------------
+def sync(run_dir: Path | str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Replay a launch's unsynced MLflow writes (or all of them, into another store).
+
+    Returns counts: ``records`` applied, ``runs_created``, ``runs_found``, ``metrics``,
+    ``metrics_skipped`` (already in the store), ``params``, ``tags``, ``ends``, ``artifacts``,
+    and ``left`` (records still unsynced: 0 unless the store failed, which raises ConfigError).
+    """
+    import json
+
+    from vptsearch.search._spool import SPOOL_FILE, Applier, replay, unsynced
+
+    run_dir = Path(run_dir)
+    info_file = run_dir / "tracking.json"
+    if not info_file.is_file() or not (run_dir / SPOOL_FILE).is_file():
+        raise ConfigError(
+            f"{str(run_dir)!r} is not a launch folder with an MLflow spool (no tracking.json or "
+            f"{SPOOL_FILE}); pass runs/<name>/<stamp> of a launch"
+        )
+    info = json.loads(info_file.read_text())
+    uri = check_tracking_uri(tracking_uri or info["uri"])
+    art = info.get("artifact_location")
+    if tracking_uri and art and art.startswith("file:") and uri.startswith(("http://", "https://")):
+        art = None  # a server of its own keeps artifacts in its artifact store
+    applier = Applier(client(uri), info["experiment"], art)
+    try:
+        replay(run_dir, applier, uri)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        left = unsynced(run_dir, uri)
+        raise ConfigError(
+            f"sync to {uri!r} stopped with {left} write(s) left: {str(exc).splitlines()[0][:200]}; "
+            "run `vptsearch sync` again when the store is reachable"
+        ) from None
+    return {"uri": uri, **dict(applier.counts), "left": unsynced(run_dir, uri)}

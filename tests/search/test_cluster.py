@@ -4,7 +4,9 @@ backbone through the object store, ``--address`` handling. One cluster is shared
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +47,66 @@ def _launch_error(capsys, args: list[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("vptsearch: error: ") and "\n" not in err
     return err
+
+
+# --- node loss (first: it needs its own 3-node cluster before the module's 2-node one starts) ------
+@pytest.mark.slow
+def test_losing_a_worker_node_mid_launch_loses_no_trial(base_raw, tmp_path) -> None:
+    """Head (0 CPU) + 2 workers (1 CPU each); once the first checkpoint is on the shared storage a
+    thread kills one worker node. The launch finishes, every trial of the budget is accounted for,
+    and the trial(s) that were on the lost node resumed from their checkpoint (no epoch twice)."""
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+
+    from vptsearch.search import launch
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    doomed = c.add_node(num_cpus=1)
+    storage = tmp_path / "nfs"
+    raw = {**base_raw, "storage": {"path": str(storage), "shared": True},
+           "search": {**base_raw["search"], "trials_per_task": 3},
+           "params": {**base_raw["params"], "optim.base_lr": {"choice": [1.0, 5.0]}},
+           "training": {"epochs": 4, "warmup_epochs": 1, "batch_size": 64},
+           "protocol": {"final_seeds": [0]}}  # fmt: skip
+    removed: list[float] = []
+
+    def kill_when_checkpointed() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(storage.rglob("checkpoint_*")):
+            time.sleep(0.2)
+        c.remove_node(doomed, allow_graceful=False)  # its raylet and workers die at once
+        removed.append(time.monotonic())
+
+    killer = threading.Thread(target=kill_when_checkpointed, daemon=True)
+    try:
+        ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+        c.wait_for_nodes()
+        killer.start()
+        summary = launch(spec_from_dict(raw), address=c.address, dashboard=False, say=lambda *_: None)
+        killer.join(timeout=5)
+        assert removed, "the worker node was never removed"
+        results = json.loads((summary.run_dir / "results.json").read_text())
+        for task in TASKS:
+            counts = results["tasks"][task]["counts"]
+            assert counts.get("failed", 0) == 0, counts
+            assert sum(counts.get(k, 0) for k in ("completed", "pruned", "diverged")) == 3, counts
+            assert results["tasks"][task]["test_accs"], "the final phase lost its trial"
+
+        path = storage / "smoke" / summary.run_dir.name / "search"
+        analysis = tune.ExperimentAnalysis(str(path))
+        assert len(analysis.trials) == 6
+        retried = [t for t in analysis.trials if t.run_metadata.num_failures > 0]
+        assert retried, "no trial was running on the removed node"
+        for trial in analysis.trials:
+            epochs = list(analysis.trial_dataframes[trial.trial_id]["epoch"])
+            assert epochs == sorted(set(epochs)), (trial, epochs)  # resumed, never restarted
+    finally:
+        ray.shutdown()
+        c.shutdown()
 
 
 # --- no cluster needed ------------------------------------------------------------------------------

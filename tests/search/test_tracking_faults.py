@@ -7,6 +7,7 @@ Fast unit tests use real sqlite MLflow stores (no MLflow mocks). The end-to-end 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,141 @@ def test_sync_bad_run_dir(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match="not a launch folder"):
         sync(tmp_path)
+
+
+def test_writes_do_not_wait_for_a_locked_store_and_catch_up(stores) -> None:
+    """Another process holds the sqlite store's write lock: logging returns at once (the records
+    wait on disk), and the writer catches up when the lock goes, with nothing lost or doubled."""
+    import sqlite3
+
+    run_dir, a, _ = stores
+    t = Tracker(a, "exp", None, "exp/1", run_dir=run_dir)
+    task = t.task_run("mini/digits", "natural")
+    deadline = time.monotonic() + 30
+    while t.writer.backlog and time.monotonic() < deadline:  # the task run is in the store
+        time.sleep(0.05)
+    con = sqlite3.connect(a[len("sqlite:///") :], timeout=30, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # the store is now unwritable for everyone else
+    try:
+        ref = t.run("trial-0", {"kind": "trial"}, {"trial_id": "exp/1/search/0"}, parent=task, new=True)
+        for epoch in range(1, 51):
+            t.log(ref, metrics={"val_acc": epoch / 100}, step=epoch)
+        t.end(ref)
+        time.sleep(1.0)
+        assert t.writer.backlog == 52 and unsynced(run_dir, a) == 52  # all on disk, none applied
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    assert t.close() == 0 and unsynced(run_dir, a) == 0
+    got = _content(a)
+    assert set(got) == {"mini/digits", "trial-0"} and got["trial-0"]["status"] == "FINISHED"
+    assert got["trial-0"]["metrics"]["val_acc"] == [(e, e / 100) for e in range(1, 51)]
+
+
+def test_unreachable_server_leaves_the_tail_for_sync(stores) -> None:
+    """A server that refuses connections: the writer retries, gives up at close with a count,
+    and `sync --tracking-uri` replays every record elsewhere."""
+    from vptsearch.search._spool import Applier, Spool, Writer
+    from vptsearch.search._tracking import client
+
+    from .test_mlflow_server import free_port
+
+    run_dir, a, b = stores
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    writer = Writer(Spool(run_dir), Applier(client(dead), "exp", None), dead, interval_s=0.0)
+    writer.start()
+    records = [rec for _, rec in read_records(_spool_of(run_dir, a))]
+    for rec in records:
+        writer.submit(rec)
+    left = writer.close(drain_s=30, down_grace_s=0.5)
+    assert left == len(records) and writer.last_error
+    assert unsynced(run_dir, dead) == left
+    c = sync(run_dir, tracking_uri=b)
+    assert c["runs_created"] == 4 and c["left"] == 0
+    assert set(_content(b)) == {"exp/1", "mini/digits", "trial-0", "trial-1"}
+
+
+def _spool_of(tmp: Path, uri: str) -> Path:
+    """A launch's spool written elsewhere (to copy its records)."""
+    other = tmp.parent / "other"
+    other.mkdir()
+    _write_launch(other, uri).close()
+    return other / SPOOL_FILE
+
+
+@pytest.mark.slow
+def test_server_killed_mid_launch_then_sync(base_raw, tmp_path) -> None:
+    """The tracking server dies after the first trial: the launch finishes and says how to sync;
+    once the server is back, `vptsearch sync` completes the store; a second sync writes nothing."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .test_mlflow_server import free_port, launch_runs, start_mlflow_server, stop_mlflow_server, tiny_raw
+
+    port, root = free_port(), tmp_path / "server"
+    uri = f"http://127.0.0.1:{port}"
+    raw = tiny_raw(base_raw)
+    raw["search"]["trials_per_task"] = 3
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    server = start_mlflow_server(root, port)
+    cmd = [sys.executable, "-m", "vptsearch.cli", "launch", "--space", str(space), "--no-dashboard",
+           "--tracking-uri", uri]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if "[search 1/" in line:
+                stop_mlflow_server(server, signal.SIGKILL)  # gone, mid-run
+                break
+        out.append(proc.communicate(timeout=600)[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_mlflow_server(server, signal.SIGKILL)
+    text = "".join(out)
+    assert proc.returncode == 0, text[-3000:]
+    line = r"(\d+) MLflow writes not synced \(server (\S+) unreachable.*run `vptsearch sync (\S+)`"
+    m = re.search(line, text)
+    assert m is not None and int(m[1]) > 0 and m[2] == uri, text[-3000:]
+    run_dir = Path(m[3])
+    results = json.loads((run_dir / "results.json").read_text())  # nothing lost on disk
+    assert (tmp_path / "exports" / "mini__digits" / "prompts.safetensors").is_file()
+    assert unsynced(run_dir, uri) == int(m[1])
+
+    server = start_mlflow_server(root, port)  # back, same port and backend
+    try:
+        sync1 = subprocess.run([sys.executable, "-m", "vptsearch.cli", "sync", str(run_dir)],
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert sync1.returncode == 0 and f"synced {m[1]} MLflow write(s)" in sync1.stdout, sync1.stdout
+        assert unsynced(run_dir, uri) == 0
+        runs = launch_runs(uri)
+        kinds = [r.data.tags["vptsearch.kind"] for r in runs]
+        assert sorted(kinds) == ["launch", "task", "trial", "trial", "trial", "trial"]  # 3 search + 1 final
+        trials = [r for r in runs if r.data.tags["vptsearch.kind"] == "trial"]
+        assert len({r.data.tags["vptsearch.trial_id"] for r in trials}) == 4
+        assert all(r.info.status == "FINISHED" for r in runs)
+        search = [r for r in trials if r.data.tags["vptsearch.phase"] == "search"]
+        statuses = [r.data.tags["vptsearch.status"] for r in search]
+        counts = results["tasks"]["mini/digits"]["counts"]
+        assert {s: statuses.count(s) for s in set(statuses)} == {k: v for k, v in counts.items() if v}
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(uri)
+        for r in trials:
+            steps = sorted(x.step for x in c.get_metric_history(r.info.run_id, "train_loss"))
+            assert steps == list(range(1, len(steps) + 1)) and steps
+        (task,) = [r for r in runs if r.data.tags["vptsearch.kind"] == "task"]
+        assert task.data.metrics["best_val_acc"] == results["tasks"]["mini/digits"]["best"]["val_acc"]
+        assert "bundle/prompts.safetensors" in {a.path for a in c.list_artifacts(task.info.run_id, "bundle")}
+        sync2 = subprocess.run([sys.executable, "-m", "vptsearch.cli", "sync", str(run_dir)],
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert sync2.returncode == 0 and "synced 0 MLflow write(s)" in sync2.stdout, sync2.stdout
+        assert len(launch_runs(uri)) == len(runs)
+    finally:
+        stop_mlflow_server(server)

@@ -91,9 +91,35 @@ def client(uri: str) -> Any:
     # Fail fast instead of retrying for minutes against a dead server.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # set_terminated on a server otherwise prints two "View run" lines (and reads the run back)
+    # for every run it ends: thousands of lines in a launch's output.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    c = MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:") and os.environ.get("VPTSEARCH_SQLITE_WAL", "1") != "0":
+        _sqlite_wal(c)
+    return c
+
+
+def _sqlite_wal(c: Any) -> None:
+    """Write-ahead log + synchronous=NORMAL on a sqlite store: one fsync per checkpoint instead of
+    several per transaction, about half the cost of a trial's MLflow writes here (29 -> 16 ms).
+    A crash can lose the last transactions but never corrupts the file, and the spool replays
+    them. WAL needs a local disk (not NFS): set VPTSEARCH_SQLITE_WAL=0 to keep MLflow's default."""
+    from sqlalchemy import event
+
+    engine = getattr(getattr(getattr(c, "_tracking_client", None), "store", None), "engine", None)
+    if engine is None or getattr(engine, "_vptsearch_wal", False):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    engine._vptsearch_wal = True
+    engine.dispose()  # pooled connections were opened without the pragmas
 
 
 def artifact_location(location: str | None, uri: str) -> str | None:

@@ -8,16 +8,15 @@ import json
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from vptsearch._errors import ConfigError, DataError
 from vptsearch.cli import main
 from vptsearch.spec import spec_from_dict
 
 from .conftest import TASKS, TINY_KWARGS
+from .test_bad_input import _write
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +35,8 @@ def cluster():
     c.shutdown()
 
 
-def _write(tmp_path: Path, raw: dict) -> str:
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
 def _launch_error(capsys, args: list[str]) -> str:
+    """Like test_bad_input's, but Ray stays up: these launches join the test's own cluster."""
     assert main(["launch", "--no-dashboard", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vptsearch: error: ") and "\n" not in err

@@ -234,7 +234,9 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
         parents = {t: tracker.task_run(t, "bench") for t in tasks_}
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            # "local": a cluster of our own even when another one runs on this machine
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False)  # fmt: skip
         setup_s = time.perf_counter() - t_setup
         try:
             searcher = build_searcher(spec, tasks_, journal=run_dir / "optuna.journal")

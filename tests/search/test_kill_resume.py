@@ -40,6 +40,11 @@ def _space(base_raw: dict, tmp: Path, name: str) -> Path:
     return path
 
 
+# Ray's address=None joins the machine's latest running cluster (ray_current_cluster); "local"
+# keeps these launches on a Ray of their own even when other clusters run here.
+ENV = {**os.environ, "RAY_ADDRESS": "local"}
+
+
 def _cmd(space: Path) -> list[str]:
     return [sys.executable, "-m", "vptsearch.cli", "launch", "--space", str(space), "--no-dashboard"]
 
@@ -79,14 +84,15 @@ def _store(space: Path) -> dict:
 
 def test_sigkilled_driver_resumes_to_the_clean_result(base_raw, tmp_path) -> None:
     clean_space = _space(base_raw, tmp_path, "clean")
-    out = subprocess.run(_cmd(clean_space), capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    out = subprocess.run(_cmd(clean_space), capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env=ENV)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     clean = _store(clean_space)
     assert clean["kinds"] == ["launch", "task"] + ["trial"] * 6 and clean["unique_trial_ids"]
 
     space = _space(base_raw, tmp_path, "killed")
     proc = subprocess.Popen(_cmd(space), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path)  # fmt: skip
+                            cwd=tmp_path, env=ENV)  # fmt: skip
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -97,7 +103,7 @@ def test_sigkilled_driver_resumes_to_the_clean_result(base_raw, tmp_path) -> Non
     assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
 
     resumed = subprocess.run([*_cmd(space), "--resume"], capture_output=True, text=True, cwd=tmp_path,
-                             timeout=600)  # fmt: skip
+                             timeout=600, env=ENV)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "not synced" not in resumed.stdout
     after = _store(space)

@@ -82,12 +82,13 @@ def launch_runs(uri: str, experiment: str = "smoke") -> list:
     return c.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
-def test_launch_against_a_real_mlflow_server(base_raw, tmp_path) -> None:
+def test_launch_against_a_real_mlflow_server(base_raw, tmp_path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
     from vptsearch.search import launch
     from vptsearch.spec import spec_from_dict
 
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a Ray of its own, not another running cluster
     port = free_port()
     server = start_mlflow_server(tmp_path / "server", port)
     uri = f"http://127.0.0.1:{port}"

@@ -201,6 +201,7 @@ def _spool_of(tmp: Path, uri: str) -> Path:
 def test_server_killed_mid_launch_then_sync(base_raw, tmp_path) -> None:
     """The tracking server dies after the first trial: the launch finishes and says how to sync;
     once the server is back, `vptsearch sync` completes the store; a second sync writes nothing."""
+    import os
     import re
     import signal
     import subprocess
@@ -219,7 +220,9 @@ def test_server_killed_mid_launch_then_sync(base_raw, tmp_path) -> None:
     server = start_mlflow_server(root, port)
     cmd = [sys.executable, "-m", "vptsearch.cli", "launch", "--space", str(space), "--no-dashboard",
            "--tracking-uri", uri]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # a Ray of its own, not another running cluster
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env=env)  # fmt: skip
     out = []
     try:
         for line in proc.stdout:

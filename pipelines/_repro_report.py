@@ -263,6 +263,15 @@ def _train_images(task: str) -> int:
 
 
 # --- plots --------------------------------------------------------------------------------------
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -279,15 +288,10 @@ def plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
                     ps = sorted(v)
                     ax.plot(ps, [100 * v[p] for p in ps], marker="o", ls="-" if init == "random" else "--",
                             label=f"{init} · {short(task)}")
-            ax.set_xscale("log")
-            ax.set_xlabel("prompt length p")
-            ax.set_ylabel("val200 accuracy (%)")
-            ax.set_title(f"VPT-deep, {bb} backbone")
+            ax.set(xscale="log", xlabel="prompt length p", ylabel="val200 accuracy (%)",
+                   title=f"VPT-deep, {bb} backbone")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out_dir / "acc_vs_prompt_length.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, out_dir / "acc_vs_prompt_length.png"))
     if res["size"]:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for variant, per_task in res["size"].items():
@@ -295,15 +299,10 @@ def plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.errorbar([_train_images(t) for t in ts], [100 * (per_task[t]["mean"] or 0) for t in ts],
                         yerr=[100 * (per_task[t]["std"] or 0) for t in ts], marker="o", capsize=3,
                         label=variant)
-        ax.set_xscale("log")
-        ax.set_xlabel("training images (MNIST)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("full fine-tuning vs VPT-deep by train size")
+        ax.set(xscale="log", xlabel="training images (MNIST)", ylabel="test accuracy (%)",
+               title="full fine-tuning vs VPT-deep by train size")
         ax.legend()
-        fig.tight_layout()
-        paths.append(out_dir / "train_size_sweep.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, out_dir / "train_size_sweep.png"))
     if res["main"]:
         fig, ax = plt.subplots(figsize=(8, 3.6))
         variants = list(next(iter(res["main"].values())))
@@ -316,13 +315,9 @@ def plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.bar([j + i * width for j in range(len(variants))], means, width, label=bb)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(variants))], variants, rotation=30, ha="right",
                       fontsize=8)
-        ax.set_ylabel("mean test accuracy (%)")
-        ax.set_title("mean over tasks (main table)")
+        ax.set(ylabel="mean test accuracy (%)", title="mean over tasks (main table)")
         ax.legend()
-        fig.tight_layout()
-        paths.append(out_dir / "main_table.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, out_dir / "main_table.png"))
     return paths
 
 
@@ -391,6 +386,16 @@ def machine() -> str:
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 
+def study_times(timings: dict[str, Any], res: dict[str, Any]) -> str:
+    """Measured minutes per study (main, length, size, frozen) over the launches timed so far."""
+    by: dict[str, list[float]] = {}
+    for x in res["launches"]:
+        t = timings.get(x["name"], {})
+        if t.get("status") == "done":
+            by.setdefault(x["study"], []).append(t.get("seconds", 0.0))
+    return ", ".join(f"{k} {sum(v) / 60:.1f} min ({len(v)} launches)" for k, v in by.items())
+
+
 def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[str, Any], full_cmd: str,
              plot_names: list[str], plot_dir: str) -> str:
     done = [t for t in timings.values() if t.get("status") == "done"]
@@ -410,7 +415,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
                   "Missing cells are `–`; claims that need a missing launch read `n/a`.", ""]
     lines += [
         f"Measured wall time of the launches run so far: {secs / 60:.1f} min for {len(done)} launch(es) "
-        "(each launch's own time, summed over invocations; see `runs/repro/timings.json`).",
+        "(each launch's own time from its last invocation; per launch in `timings.json` of the run "
+        "folder)" + (f"; per study: {study_times(timings, res)}." if done else "."),
         "",
         "## Protocol and sizes",
         "",

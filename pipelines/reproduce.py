@@ -37,6 +37,16 @@ from _repro_plan import FULL, QUICK, Launch, Sizes, plan, spec_dict
 FULL_CMD = "nohup nice -n 5 .venv/bin/python pipelines/reproduce.py > runs/repro/full.log 2>&1 &"
 
 
+# What makes two launches the same experiment (new spec sections, e.g. storage, do not).
+IDENTITY_KEYS = (
+    "name", "suite", "backbone", "method", "params", "search", "scheduler", "training", "protocol"
+)
+
+
+def _identity(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: spec_dict.get(k) for k in IDENTITY_KEYS}
+
+
 def launch_state(spec: Any) -> tuple[str, Path | None]:
     """``done`` (results.json of this very spec), ``resume`` (same spec, unfinished) or ``new``."""
     from vptsearch.search import latest_run_dir
@@ -46,7 +56,7 @@ def launch_state(spec: Any) -> tuple[str, Path | None]:
     if latest is None:
         return "new", None
     saved = spec_from_dict(read_yaml(latest / "spec.yaml")).to_dict()
-    if saved != spec.to_dict():  # sizes or space changed since: a fresh launch, old one kept
+    if _identity(saved) != _identity(spec.to_dict()):  # space or sizes changed: a fresh launch
         return "new", None
     return ("done" if (latest / "results.json").is_file() else "resume"), latest
 

@@ -190,3 +190,89 @@ def test_quick_end_to_end(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 10, again.stdout[-2000:]
+
+
+def _full_results() -> dict:
+    size_tasks = ("repro/mnist_n100", "repro/mnist_n800", "repro/mnist_nall")
+    res = results(
+        {"sup": _spt_rows((0.5, 0.5, 0.5), (0.6, 0.5, 0.5)),
+         "mae": _spt_rows((0.4, 0.4, 0.4), (0.6, 0.5, 0.5))},
+        length={"sup": {"random": {"mini/a": {1: 0.2, 50: 0.6}},
+                        "spt-kmeans": {"mini/a": {1: 0.5, 50: 0.55}}}},
+        size={"full": {t: cell(a) for t, a in zip(size_tasks, (0.3, 0.6, 0.9), strict=True)},
+              "vpt-deep": {t: cell(a) for t, a in zip(size_tasks, (0.5, 0.6, 0.7), strict=True)}},
+    )
+    res["frozen"] = {"sup": {"random": {"mini/a": cell(0.3)}}}
+    return res
+
+
+def test_page_and_plots(repro, tmp_path: Path) -> None:
+    plan, rep = repro
+    res = _full_results()
+    pngs = rep.plots(res, tmp_path)
+    names = sorted(p.name for p in pngs)
+    assert names == ["acc_vs_prompt_length.png", "main_table.png", "train_size_sweep.png"]
+    assert all(p.stat().st_size > 1000 for p in pngs)
+    text = rep.document(res, plan.FULL, command="c", timings={}, full_cmd="X",
+                        plot_names=[p.name for p in pngs], plot_dir="results")
+    assert "- **TRUE** — SPT-deep > random-init VPT-deep on average" in text
+    assert "| random, frozen after init | 30.0 ± 1.0 |" in text
+    assert "![train_size_sweep.png](results/train_size_sweep.png)" in text
+    assert "| vpt-deep | 50.0 ± 1.0 | 60.0 ± 1.0 | 70.0 ± 1.0 |" in text  # the train-size table
+
+
+@pytest.mark.slow
+def test_publish_writes_page_plots_and_mlflow_run(repro, tmp_path: Path, monkeypatch) -> None:
+    """publish() on synthetic results: the page, the plots, claims.json, and one reusable
+    ``repro-report`` MLflow run carrying the claim verdicts as tags (~30 s: MLflow's sqlite setup)."""
+    plan, rep = repro
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    res = _full_results()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "docs" / "results.md"
+    for _ in range(2):  # rebuilding reuses the same MLflow run
+        rep.publish(res, plan.FULL, out=out, command="python pipelines/reproduce.py", timings={},
+                    tracking_uri=uri, experiment="repro", full_cmd="X")
+    text = out.read_text()
+    assert "- **TRUE** — SPT-deep > random-init VPT-deep on average" in text
+    assert "| random, frozen after init | 30.0 ± 1.0 |" in text
+    for name in ("acc_vs_prompt_length.png", "train_size_sweep.png", "main_table.png"):
+        assert (tmp_path / "docs" / "results" / name).stat().st_size > 1000
+        assert f"![{name}](results/{name})" in text
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("repro")
+    runs = client.search_runs([exp.experiment_id], "tags.`vptsearch.kind` = 'repro-report'")
+    assert len(runs) == 1
+    assert runs[0].data.tags["claim.full_gains_with_data"] == "TRUE"
+    assert runs[0].data.tags["claim.spt_less_length_sensitive"] == "TRUE"
+    names = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"results.md", "claims.json", "train_size_sweep.png"} <= names
+
+
+def test_finished_launches_are_found_and_skipped(repro, tmp_path: Path) -> None:
+    """Incremental runs: same spec + results.json -> done; same spec, no results -> resume;
+    changed sizes -> new (the old folder is kept); a new spec section alone changes nothing."""
+    plan, _ = repro
+    reproduce = importlib.import_module("reproduce")
+    from vptsearch.spec import spec_from_dict
+
+    lc = plan.plan(quick=True)[0]
+
+    def spec(sizes):
+        return spec_from_dict(plan.spec_dict(lc, sizes, run_dir=str(tmp_path), tracking_uri="sqlite:///x.db",
+                                             experiment="repro-quick", data_root=str(tmp_path)))
+
+    assert reproduce.launch_state(spec(plan.QUICK)) == ("new", None)
+    run = tmp_path / lc.name / "20260101-000000"
+    spec(plan.QUICK).dump(run / "spec.yaml")
+    assert reproduce.launch_state(spec(plan.QUICK)) == ("resume", run)
+    (run / "results.json").write_text("{}")
+    assert reproduce.launch_state(spec(plan.QUICK)) == ("done", run)
+    assert reproduce.finished_run_dir(spec(plan.QUICK)) == run
+    from dataclasses import replace
+
+    assert reproduce.launch_state(spec(replace(plan.QUICK, epochs=2))) == ("new", None)
+    saved = spec(plan.QUICK).to_dict()
+    assert reproduce._identity({**saved, "tracking": {"uri": "elsewhere"}}) == reproduce._identity(saved)

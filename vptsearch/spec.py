@@ -28,6 +28,8 @@ METHODS = ("vpt", "linear", "full", "bias", "partial", "adapter")
 INITS = ("random", "spt-mean", "spt-max", "spt-sample", "spt-kmeans", "cls-prototype")
 DEPTHS = ("shallow", "deep")
 DEEP_IMPLS = ("tokens", "prefix_kv")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 ALGORITHMS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 DIST_KINDS = ("choice", "uniform", "loguniform", "int")
@@ -163,6 +165,8 @@ class TrainingConfig:
     prompt_dropout: float = 0.1
     init_images: int = 800  # training images fed to SPT / cls-prototype initialisers
     track_nmi: bool = False  # vpt: log NMI(prompts; patch tokens) per layer every epoch (SPT eqs. 7-8)
+    device: str = "auto"  # auto: cuda when the trial holds a GPU (resources.gpu > 0), else cpu
+    precision: str = "fp32"  # bf16: forward/backward under torch.autocast (trained tensors stay fp32)
 
 
 @dataclass(frozen=True)
@@ -567,6 +571,12 @@ def _validate(spec: SearchSpec) -> None:
         raise _err("training.momentum", f"expected 0 <= momentum < 1, got {tr.momentum}")
     if not 0 <= tr.prompt_dropout < 1:
         raise _err("training.prompt_dropout", f"expected 0 <= prompt_dropout < 1, got {tr.prompt_dropout}")
+    if tr.device not in DEVICES:
+        raise _err("training.device", f"unknown {tr.device!r}; accepted: {', '.join(DEVICES)}")
+    if tr.precision not in PRECISIONS:
+        raise _err("training.precision", f"unknown {tr.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if tr.device == "cuda" and res.gpu <= 0:
+        raise _err("training.device", "cuda needs resources.gpu > 0 (Ray hides GPUs from trials without one)")
     if tr.image_size is not None and tr.image_size < 8:
         raise _err("training.image_size", f"expected an integer >= 8 or null, got {tr.image_size}")
     if res.cpu <= 0:

@@ -113,6 +113,27 @@ def model_options(config: dict[str, Any], spec: SearchSpec) -> dict[str, Any]:
     return {}
 
 
+def trial_device(spec: SearchSpec) -> torch.device:
+    """Where a trial trains: ``training.device``; ``auto`` is cuda when the trial holds a GPU.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPU(s) it assigned to the trial, so ``cuda`` here is that
+    GPU; a trial without ``resources.gpu`` stays on the CPU even on a GPU node (it reserved none).
+    """
+    want = spec.training.device
+    if want == "auto":
+        want = "cuda" if spec.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "training.device: cuda requested but torch sees no GPU here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device: auto or cpu"
+        )
+    return torch.device(want)
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
 def lr_at(step: int, *, base: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warm-up to ``base`` then cosine decay to 0 (per optimisation step)."""
     if step < warmup_steps:
@@ -123,17 +144,26 @@ def lr_at(step: int, *, base: float, warmup_steps: int, total_steps: int) -> flo
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    precision: str = "fp32",
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` over ``batches``."""
+    """(accuracy, mean cross-entropy) of ``model`` over ``batches``, on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     correct, total, loss = 0, 0, 0.0
     for x, y in batches:
-        logits = model(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, precision):
+            logits = model(x)
+        loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
     return correct / max(1, total), loss / max(1, total)
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _loader(
@@ -204,7 +234,8 @@ def run_trial(
 
     backbone = backbone if backbone is not None else get_backbone(spec)
     torch.manual_seed(seed)
-    model = build_model(backbone, info.num_classes, method, **model_options(config, spec))
+    device = trial_device(spec)
+    model = build_model(backbone, info.num_classes, method, **model_options(config, spec)).to(device)
     init_info: dict[str, Any] = {}
     images: torch.Tensor | None = None
     if method == "vpt" and checkpoint is None:
@@ -240,7 +271,7 @@ def run_trial(
 
     def state(epoch: int) -> dict[str, Any]:
         return {
-            "trained": model.trained_state_dict(),
+            "trained": _cpu(model.trained_state_dict()),  # checkpoints load anywhere (driver: CPU)
             "optimizer": opt.state_dict(),
             "epoch": epoch,
             "history": list(history),  # a snapshot: reporters may keep states in memory
@@ -261,8 +292,10 @@ def run_trial(
                 step = (epoch - 1) * steps_per_epoch + i
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, base=lr, warmup_steps=warmup_steps, total_steps=total_steps)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(device, tr.precision):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
                 loss_value = float(loss.detach())  # one host sync per step
                 if not math.isfinite(loss_value) or loss_value > loss_limit:
                     diverged = True
@@ -292,7 +325,7 @@ def run_trial(
                     eval_loader = _loader(
                         task, eval_split, spec, backbone, train=False, seed=0, batch=tr.eval_batch_size
                     )
-                acc, loss_mean = evaluate(model, eval_loader)
+                acc, loss_mean = evaluate(model, eval_loader, tr.precision)
                 if phase == "search":
                     val_acc = acc
                     metrics.update(val_acc=acc, val_loss=loss_mean)
@@ -309,7 +342,7 @@ def run_trial(
         status=status,
         epochs=epoch,
         history=history,
-        trained_state=model.trained_state_dict(),
+        trained_state=_cpu(model.trained_state_dict()),
         val_acc=val_acc,
         test_acc=test_acc,
         tuned_percent=accounting["tuned_percent"],

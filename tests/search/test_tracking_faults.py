@@ -58,8 +58,20 @@ def _content(uri: str) -> dict[str, dict]:
     return out
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty sqlite MLflow store: copies of it skip MLflow's ~2 s schema set-up."""
+    path = tmp_path_factory.mktemp("store") / "empty.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture()
-def stores(tmp_path: Path) -> tuple[Path, str, str]:
+def stores(tmp_path: Path, empty_store: Path) -> tuple[Path, str, str]:
+    import shutil
+
+    for name in ("a.db", "b.db"):
+        shutil.copy(empty_store, tmp_path / name)
     (tmp_path / "run").mkdir()
     info = {"uri": f"sqlite:///{tmp_path / 'a.db'}", "experiment": "exp", "launch_id": "exp/1",
             "artifact_location": (tmp_path / "art").as_uri()}  # fmt: skip

@@ -92,7 +92,8 @@ class Positions:
 
 
 class Spool:
-    """Append-only JSON-lines file; ``append`` is cheap (buffered), ``sync`` makes it durable."""
+    """Append-only JSON-lines file. ``append`` is one unbuffered ``write`` (a killed driver loses
+    nothing it appended: the OS has it); ``sync`` (fsync, in batches) guards against power loss."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / SPOOL_FILE
@@ -102,7 +103,7 @@ class Spool:
             with open(self.path, "r+b") as fh:  # drop a torn last line so appends start clean
                 fh.truncate(size)
         self.end = size
-        self._fh = open(self.path, "ab")  # noqa: SIM115 - lives as long as the launch
+        self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the launch
         self._lock = threading.Lock()
         self.positions = Positions(Path(run_dir) / POS_FILE)
 
@@ -117,7 +118,6 @@ class Spool:
     def sync(self) -> None:
         with self._lock:
             if not self._fh.closed:
-                self._fh.flush()
                 os.fsync(self._fh.fileno())
 
     def close(self) -> None:

@@ -304,11 +304,12 @@ class TrackingCallback(tune.Callback):
         self.resume = resume
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
+        self._ended: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         d = dict(self.__dict__)
         # An unpickled callback belongs to a restored experiment: its trials' runs may exist.
-        d.update(_tracker=None, _runs={}, resume=True)
+        d.update(_tracker=None, _runs={}, _ended=set(), resume=True)
         return d
 
     @property
@@ -357,12 +358,20 @@ class TrackingCallback(tune.Callback):
         status = trial_status(trial.last_result, self.max_epochs, error)
         self.tracker.log(ref, tags={PREFIX + "status": status})
         self.tracker.end(ref, MLFLOW_STATUS[status])
+        self._ended.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Close the runs of trials that ended without this callback seeing it: a driver killed
+        after Tune saved a trial as finished but before its end reached the spool."""
+        for trial in trials:
+            if trial.trial_id not in self._ended and trial.status in (trial.TERMINATED, trial.ERROR):
+                self._finish(trial, error=trial.status == trial.ERROR)
 
 
 class ProgressCallback(tune.Callback):

@@ -81,8 +81,9 @@ def main_variants(p: int) -> list[tuple[str, str, dict[str, Any], tuple[float, .
 
 
 def plan(quick: bool = False) -> list[Launch]:
-    """Every launch of the reproduction: the main table first, then the studies behind the claims
-    (prompt length, train size), then the frozen-prompt ablation (no claim rests on it)."""
+    """Every launch of the reproduction, ordered so that a run stopped early has finished whole
+    claims: VPT-deep / linear / full (claim 2, the table's reference), SPT (claim 1), prompt length
+    (claim 3), train size (claim 4), the rest of the main table, then frozen prompts (no claim)."""
     sizes = QUICK if quick else FULL
     k = sizes.lr_points
     backbones = ("sup",) if quick else tuple(BACKBONES)
@@ -90,7 +91,14 @@ def plan(quick: bool = False) -> list[Launch]:
     variants = main_variants(sizes.prompt_length)
     if quick:  # one of each kind of row: full, linear, random-init VPT, SPT
         variants = [v for v in variants if v[0] in ("full", "linear", "vpt-deep", "spt-mean-deep")]
-    out = [Launch("main", b, v, m, prm, tasks, lrs[-k:]) for b in backbones for v, m, prm, lrs in variants]
+
+    def main(names: tuple[str, ...]) -> list[Launch]:
+        rows = [v for v in variants if v[0] in names]
+        return [Launch("main", b, v, m, prm, tasks, lrs[-k:]) for v, m, prm, lrs in rows for b in backbones]
+
+    first = ("vpt-deep", "linear", "full")
+    spt_rows = tuple(f"{s}-deep" for s in SPT_INITS)
+    out = main(first) + main(spt_rows)
     lengths = (1, 5) if quick else LENGTHS
     spt = "spt-mean" if quick else "spt-kmeans"
     for b in backbones:
@@ -105,6 +113,7 @@ def plan(quick: bool = False) -> list[Launch]:
                              "prompt.init": "random"}, LR_PROMPT),
     ):
         out.append(Launch("size", "sup", variant, method, prm, size_tasks, lrs[-k:]))
+    out += main(tuple(v[0] for v in variants if v[0] not in (*first, *spt_rows)))
     for b in backbones:
         for init in ("random", spt):
             prm = {"prompt.depth": "deep", "prompt.length": sizes.prompt_length, "prompt.init": init,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -17,7 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _repro_plan import LR_BODY, LR_FULL, LR_HEAD, LR_LENGTH, LR_PROMPT, SPT_INITS, Launch, Sizes
+from _repro_plan import (
+    LR_BODY,
+    LR_FULL,
+    LR_HEAD,
+    LR_LENGTH,
+    LR_PROMPT,
+    QUICK,
+    SPT_INITS,
+    Launch,
+    Sizes,
+    main_variants,
+)
 
 GROUP_ORDER = ("natural", "specialized", "structured")
 TableResults = dict[str, dict[str, dict[str, Any]]]  # variant -> task -> {mean, std, ...}
@@ -122,7 +134,7 @@ def short(task: str) -> str:
 
 def main_table_md(rows: list[dict[str, Any]], tasks: list[str], groups: dict[str, str]) -> str:
     present = [g for g in GROUP_ORDER if any(groups.get(t) == g for t in tasks)]
-    head = ["method", *(f"{short(t)} ({groups.get(t, '?')[:6]})" for t in tasks)]
+    head = ["method", *(f"{short(t)} ({groups.get(t, '?')[:3]})" for t in tasks)]
     head += [*(f"**{g}**" for g in present), "**mean**", "wins vs full", "tuned %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -209,7 +221,7 @@ def claims(res: dict[str, Any]) -> list[dict[str, Any]]:
                   and table["vpt-deep"][t]["mean"] > table["linear"][t]["mean"])
         oks.append(None if v is None or lin is None else v > lin)
         vals[f"structured_gap_{bb}"] = None if v is None or lin is None else v - lin
-        nums.append(f"{bb}: VPT-deep {_f(v)} vs linear {_f(lin)} on {len(st)} structured tasks "
+        nums.append(f"{bb}: VPT-deep {_f(v)} vs linear {_f(lin)} on {len(st)} structured task(s) "
                     f"(VPT-deep higher on {won})")
     ok2 = None if not oks or None in oks else all(oks)
     out.append({"id": "vpt_beats_linear_structured", "claim": "VPT-deep > linear on the structured tasks",
@@ -365,13 +377,16 @@ def _grid(lrs: tuple[float, ...], sizes: Sizes) -> str:
     return "{" + ", ".join(f"{x:g}" for x in lrs[-sizes.lr_points:]) + "}"
 
 
+def _variant_rank(variant: str) -> int:
+    order = [v[0] for v in main_variants(1)]
+    return order.index(variant) if variant in order else len(order)
+
+
 def _group_rank(group: str) -> int:
     return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
 
 
 def machine() -> str:
-    import os
-
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -415,7 +430,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
                   "Missing cells are `–`; claims that need a missing launch read `n/a`.", ""]
     lines += [
         f"Measured wall time of the launches run so far: {secs / 60:.1f} min for {len(done)} launch(es) "
-        "(each launch's own time from its last invocation; per launch in `timings.json` of the run "
+        "(each launch's own time from its last invocation, on a machine shared with other jobs; per launch "
+        "in `timings.json` of the run "
         "folder)" + (f"; per study: {study_times(timings, res)}." if done else "."),
         "",
         "## Protocol and sizes",
@@ -427,7 +443,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "over the seeds. Backbones: the shipped `vptsearch-tiny-sup` (supervised, CLS) and "
         "`vptsearch-tiny-mae` (MAE-style, average pooling) — 6 blocks, width 96, 32 px, patch 4.",
         "",
-        f"Sizes (chosen to fit ~80 min on 2 CPU cores): {sizes.epochs} epochs "
+        ("Sizes (--quick: a smoke run of every code path, numbers meaningless): " if sizes == QUICK else
+         "Sizes (chosen to fit ~80 min on an idle 2-core machine): ") + f"{sizes.epochs} epoch(s) "
         f"({sizes.warmup_epochs} warm-up), "
         f"batch {sizes.batch_size}, SGD momentum 0.9, weight decay 0, prompt dropout 0.1, prompt length "
         f"{sizes.prompt_length} in the main table, search = grid over {sizes.lr_points} base-lr value(s) per "
@@ -451,6 +468,7 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
     for bb, table in res["main"].items():
         tasks = sorted({t for v in table.values() for t in v},
                        key=lambda t: (_group_rank(res["groups"][t]), t))
+        table = {v: table[v] for v in sorted(table, key=_variant_rank)}  # VPT Table 1's row order
         lines += [f"### backbone `{bb}`", "", main_table_md(main_table(table, tasks, res["groups"]), tasks,
                                                                res["groups"]), ""]
     lines += ["## Prompt length: random vs SPT init (VPT Fig. 6 / SPT Fig. 3c)", "",
@@ -472,7 +490,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
     lines += ["## Launches", "", "| launch | study | finished | run dir |", "|---|---|---|---|"]
     for x in res["launches"]:
         done_cell = "yes" if x["done"] else "no"
-        lines.append(f"| {x['name']} | {x['study']} | {done_cell} | {x['run_dir'] or '–'} |")
+        where = os.path.relpath(x["run_dir"]) if x["run_dir"] else "–"
+        lines.append(f"| {x['name']} | {x['study']} | {done_cell} | {where} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,8 @@ Record shapes (``op`` field):
   log       ref, params {k: v}, metrics [[key, value, timestamp_ms, step], ...], tags {k: v}
   end       ref, status (FINISHED | FAILED | ...)
   artifact  ref, path (file or folder), artifact_path
+  prune     match (tags), key (tag), keep: delete the runs matching ``match`` whose ``key`` tag is
+            not in ``keep`` (trials a killed driver started that the restored experiment re-ran)
 """
 
 from __future__ import annotations
@@ -202,12 +204,29 @@ class Applier:
                     self.counts["artifacts"] += 1
                 else:
                     self.counts["artifacts_missing"] += 1
+            elif op == "prune":
+                self._prune(rec["match"], rec["key"], set(rec["keep"]))
             else:
                 raise ValueError(f"spool record with unknown op {op!r}")
             self.counts["records"] += 1
         for ref, merged in pending.items():
             self._log(ref, merged)
         self.counts["records"] += sum(1 for r in records if r["op"] == "log")
+
+    def _prune(self, match: dict[str, str], key: str, keep: set[str]) -> None:
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in match.items())
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=1000,
+                                           page_token=token)  # fmt: skip
+            for run in page:
+                if run.data.tags.get(key) not in keep:
+                    self.client.delete_run(run.info.run_id)
+                    self.ids = {r: i for r, i in self.ids.items() if i != run.info.run_id}
+                    self.counts["runs_deleted"] += 1
+            token = page.token
+            if not token:
+                return
 
     def _resolve(self, ref: str, new: bool = False, reopen: bool = False) -> str:
         if ref in self.ids:

@@ -249,6 +249,11 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self._submit({"op": "end", "ref": run_id, "status": status})
 
+    def prune(self, match: dict[str, str], key: str, keep: list[str]) -> None:
+        """Delete the runs tagged ``match`` whose ``key`` tag is not in ``keep`` (prefixed here)."""
+        self._submit({"op": "prune", "ref": "", "match": {PREFIX + k: v for k, v in match.items()},
+                      "key": PREFIX + key, "keep": keep})  # fmt: skip
+
     def run_id(self, ref: str) -> str | None:
         """The MLflow id of a run the writer has created or found (None before that)."""
         return self.applier.ids.get(ref)
@@ -372,6 +377,16 @@ class TrackingCallback(tune.Callback):
         for trial in trials:
             if trial.trial_id not in self._ended and trial.status in (trial.TERMINATED, trial.ERROR):
                 self._finish(trial, error=trial.status == trial.ERROR)
+        if self.resume and trials:
+            # A driver killed after starting a trial but before Tune saved it: the restored
+            # experiment runs that slot again under a new id; the orphan's run goes, so MLflow
+            # holds exactly the experiment's trials.
+            lid, phase = self.tracker.launch_id, trials[0].config.get("phase", "search")
+            self.tracker.prune(
+                {"launch": lid, "kind": "trial", "phase": phase},
+                "trial_id",
+                [f"{lid}/{phase}/{t.trial_id}" for t in trials],
+            )
 
 
 class ProgressCallback(tune.Callback):

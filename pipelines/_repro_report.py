@@ -401,6 +401,21 @@ def machine() -> str:
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 
+DEVIATIONS = (
+    "Deviations from the papers, besides scale:",
+    "",
+    "- The SPT claim compares VPT-deep (random) with the *average* of the four SPT initialisers, not "
+    "the best one (picking the best of four after seeing test accuracy would favour SPT).",
+    "- The prompt-length study reports val200 accuracy per p at one base lr (test accuracy exists only "
+    "for the p the protocol selects); the papers report test accuracy with the lr tuned per p.",
+    "- `cls-prototype` init is not in the table: it needs p = number of classes, which differs per task "
+    "(6 to 16), i.e. one launch per task and backbone.",
+    "- The frozen-prompt study (SPT Table 4a) runs on three tasks (digits, dsprites_loc, clevr_count).",
+    "- Train-size sweep: the final split is train + val200 (VTAB-1k's rule), so the final training sets "
+    "hold 300 / 1 000 / 4 000 images.",
+)
+
+
 def study_times(timings: dict[str, Any], res: dict[str, Any]) -> str:
     """Measured minutes per study (main, length, size, frozen) over the launches timed so far."""
     by: dict[str, list[float]] = {}
@@ -456,6 +471,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "",
         "Tasks: the mini suite's registry assigns **natural** (digits, textures) and **structured** "
         "(dsprites_loc, dsprites_ori, clevr_count); it has no *specialized* task, so that group is absent.",
+        "",
+        *DEVIATIONS,
         "",
         "## Claims",
         "",

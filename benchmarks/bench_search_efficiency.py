@@ -430,7 +430,7 @@ def plot(result: dict[str, Any], traces: dict[str, dict[str, list[dict[str, Any]
         ax.set(title=task, xlabel="fraction of the grid's trial-epochs spent",
                ylabel="val acc of the selected config")
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("search efficiency on the cached grid (median, min-max over seeds)")
+    fig.suptitle("selected config vs compute (median, min-max over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -468,6 +468,8 @@ def method_summary(runs: list[dict[str, Any]], info: dict[str, Any], tolerance: 
             for c in CHECKPOINTS
         },
         "statuses": dict(sum((Counter(r["statuses"]) for r in runs), Counter())),
+        # per seed: [trial-epochs spent, val acc of the selected config] after every finished trial
+        "curves": [[[spent, sel] for spent, sel in r["points"]] for r in runs],
     }
 
 

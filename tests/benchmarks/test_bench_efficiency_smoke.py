@@ -40,6 +40,11 @@ def test_search_efficiency_smoke_then_cached(
         assert all(f is None or 0.0 <= f <= 1.0 for f in s["fractions"])
         assert s["selected_val"]["median"] is None or s["selected_val"]["median"] <= info["grid_best_val"]
         assert 1 <= s["epochs_spent"]["median"] <= trials * epochs, method
+        (curve,) = s["curves"]  # one seed: [spent, selected] after every finished trial
+        assert len(curve) == trials and curve[-1][0] == s["epochs_spent"]["median"]
+        assert [p[0] for p in curve] == sorted(p[0] for p in curve)
+        selected = [p[1] for p in curve if p[1] is not None]
+        assert selected == sorted(selected) and (not selected or selected[-1] == s["selected_val"]["median"])
     spent = {m: first["methods"][m][task]["epochs_spent"]["median"] for m in METHODS}
     # No diverged cell (checked above), so plain TPE runs every trial to the end; ASHA can only stop early.
     assert spent["tpe"] == trials * epochs

@@ -138,6 +138,10 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 def start_ray(address: str | None, dashboard: bool) -> str | None:
     import ray
 
+    # Without an address, ray.init() would join whatever cluster `ray start` left on this machine
+    # (it reads /tmp/ray/ray_current_cluster); the docs promise a local Ray of our own unless the
+    # user asks for one with --address or $RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         ctx = ray.init(
             address=address,
@@ -374,39 +378,35 @@ def launch(
 
     started_here = not ray.is_initialized()
     dashboard_url = start_ray(address, dashboard)
-    try:  # checks that need the cluster, still before any MLflow run or trial exists
+    try:
+        # checks that need the cluster, still before any MLflow run or trial exists
         _check_resources(spec)
         from vptsearch.search._cluster import preflight
 
         preflight(spec, launch_storage(spec, run_dir), tasks, say)  # >1 node: shared storage, data
-    except BaseException:
-        if started_here:
-            ray.shutdown()
-        raise
-    launch_id = f"{spec.name}/{run_dir.name}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    art_loc = artifact_location(spec.tracking.artifact_location, uri)
-    # Every MLflow write of the launch goes through the run dir's spool (see _spool): a tracking
-    # server going away mid-run never stops a trial; `vptsearch sync` replays what it missed.
-    tracker = Tracker(uri, spec.experiment, art_loc, launch_id, run_dir=run_dir)
-    spec.dump(run_dir / SPEC_FILE)
-    (run_dir / "tracking.json").write_text(json.dumps(
-        {"uri": uri, "experiment": spec.experiment, "launch_id": launch_id, "artifact_location": art_loc}
-    ))  # fmt: skip
-
-    launch_run = tracker.launch_run(launch_id)
-    tracker.set_tags(launch_run, {PREFIX + "space": spec.name, PREFIX + "run_dir": str(run_dir)})
-    tracker.log_artifact(launch_run, run_dir / SPEC_FILE)
-    parents = {t: tracker.task_run(t, get_task(t, spec.data_root).group) for t in tasks}
-    try:
-        summary = _run_phases(
-            spec, tasks, run_dir, tracker, launch_run, parents, dashboard_url, resume, say, t0
-        )
-        summary.unsynced = _close_tracker(tracker, say)
-        return summary
-    except BaseException:
-        _close_tracker(tracker, say, drain_s=10.0)
-        raise
+        launch_id = f"{spec.name}/{run_dir.name}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        art_loc = artifact_location(spec.tracking.artifact_location, uri)
+        # Every MLflow write of the launch goes through the run dir's spool (see _spool): a tracking
+        # server going away mid-run never stops a trial; `vptsearch sync` replays what it missed.
+        tracker = Tracker(uri, spec.experiment, art_loc, launch_id, run_dir=run_dir)
+        spec.dump(run_dir / SPEC_FILE)
+        (run_dir / "tracking.json").write_text(json.dumps(
+            {"uri": uri, "experiment": spec.experiment, "launch_id": launch_id, "artifact_location": art_loc}
+        ))  # fmt: skip
+        try:
+            launch_run = tracker.launch_run(launch_id)
+            tracker.set_tags(launch_run, {PREFIX + "space": spec.name, PREFIX + "run_dir": str(run_dir)})
+            tracker.log_artifact(launch_run, run_dir / SPEC_FILE)
+            parents = {t: tracker.task_run(t, get_task(t, spec.data_root).group) for t in tasks}
+            summary = _run_phases(
+                spec, tasks, run_dir, tracker, launch_run, parents, dashboard_url, resume, say, t0
+            )
+            summary.unsynced = _close_tracker(tracker, say)
+            return summary
+        except BaseException:
+            _close_tracker(tracker, say, drain_s=10.0)
+            raise
     finally:
         if started_here:  # a cluster we started is ours to stop; a connected one is left alone
             ray.shutdown()

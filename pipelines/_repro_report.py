@@ -427,7 +427,7 @@ def study_times(timings: dict[str, Any], res: dict[str, Any]) -> str:
 
 
 def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[str, Any], full_cmd: str,
-             plot_names: list[str], plot_dir: str) -> str:
+             plot_names: list[str], plot_dir: str, tracking: str = "") -> str:
     done = [t for t in timings.values() if t.get("status") == "done"]
     secs = sum(t.get("seconds", 0) for t in done)
     partial = res["finished"] < res["total"]
@@ -449,6 +449,7 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "in `timings.json` of the run "
         "folder)" + (f"; per study: {study_times(timings, res)}." if done else "."),
         "",
+        *([tracking, ""] if tracking else []),
         "## Protocol and sizes",
         "",
         "Every number comes from `vptsearch.search.launch` (Ray Tune grid search, MLflow tracking, final "
@@ -543,7 +544,10 @@ def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timin
     plot_dir = out.parent / "results"
     pngs = plots(res, plot_dir)
     rel = "results"
-    text = document(res, sizes, command=command, timings=timings, full_cmd=full_cmd,
+    tracking = (f"MLflow: experiment `{experiment}` in `{tracking_uri}` (every launch with its task and "
+                "trial runs, plus a `repro-report` run holding this page, the claims and the plots); browse "
+                f"with `vptsearch ui --tracking-uri {tracking_uri}`.")
+    text = document(res, sizes, command=command, timings=timings, full_cmd=full_cmd, tracking=tracking,
                     plot_names=[p.name for p in pngs], plot_dir=rel)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

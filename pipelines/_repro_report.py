@@ -244,7 +244,7 @@ def claims(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "claim": "SPT is less sensitive to the prompt length than random init",
                 "rule": "for every backbone, the task-averaged max−min of val200 accuracy over p is smaller "
                         "with SPT init than with random init", "verdict": _verdict(ok3),
-                "numbers": "; ".join(nums), "values": vals})
+                "numbers": "; ".join(nums) or "–", "values": vals})
 
     # 4. Full fine-tuning gains relative to VPT as the training set grows.
     full, vpt = res["size"].get("full", {}), res["size"].get("vpt-deep", {})
@@ -460,7 +460,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "`vptsearch-tiny-mae` (MAE-style, average pooling) — 6 blocks, width 96, 32 px, patch 4.",
         "",
         ("Sizes (--quick: a smoke run of every code path, numbers meaningless): " if sizes == QUICK else
-         "Sizes (chosen to fit ~80 min on an idle 2-core machine): ") + f"{sizes.epochs} epoch(s) "
+         "Sizes (set for about 80 min on an idle 2-core machine, an estimate from per-epoch timings; "
+         "the measured time above was taken under load from other jobs): ") + f"{sizes.epochs} epoch(s) "
         f"({sizes.warmup_epochs} warm-up), "
         f"batch {sizes.batch_size}, SGD momentum 0.9, weight decay 0, prompt dropout 0.1, prompt length "
         f"{sizes.prompt_length} in the main table, search = grid over {sizes.lr_points} base-lr value(s) per "

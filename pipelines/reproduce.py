@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or (f"{args.run_dir}/results.md" if args.quick else "docs/results.md"))
     sizes = QUICK if args.quick else FULL
     launches = plan(args.quick)
-    command = "python pipelines/reproduce.py" + (" --quick" if args.quick else "")
+    command = ".venv/bin/python pipelines/reproduce.py --quick" if args.quick else FULL_CMD
     t0 = time.perf_counter()
     if not args.report_only:
         run_all(launches, sizes, args)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     timings_path = Path(args.run_dir) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     publish(results, sizes, out=out, command=command, timings=timings, tracking_uri=args.tracking_uri,
-            experiment=args.experiment, full_cmd=FULL_CMD if not args.quick else command)
+            experiment=args.experiment, full_cmd=command)
     print(f"results: {out}  ({results['finished']}/{results['total']} launches finished; "
           f"this invocation took {time.perf_counter() - t0:.0f} s)", flush=True)
     return 0

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -200,6 +201,25 @@ def _init_images(task: str, split: str, spec: SearchSpec, backbone: Any) -> tupl
     return torch.cat(xs)[:cap], torch.cat(ys)[:cap]
 
 
+# SPT initialisers are deterministic given (backbone, images, prompt shape, seed), and a search
+# proposes the same (task, p, init) many times: a worker process keeps the last results instead of
+# re-running the backbone over the init images and k-means for every trial (see bench_spt_init).
+INIT_CACHE_SIZE = 32
+_INIT_CACHE: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, dict[str, Any], Any]] = OrderedDict()
+
+
+def _init_key(
+    strategy: str, task: str, split: str, spec: SearchSpec, backbone: Any, model: Any, seed: int
+) -> tuple[Any, ...] | None:
+    if strategy == "random":  # nothing to save: a seeded uniform draw
+        return None
+    tr = spec.training
+    return (
+        strategy, task, split, spec.data_root, tr.image_size, tr.init_images, tr.eval_batch_size,
+        id(backbone), backbone.sha256, tuple(model.prompt_tokens.shape), seed,
+    )  # fmt: skip
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -240,10 +260,23 @@ def run_trial(
     images: torch.Tensor | None = None
     if method == "vpt" and checkpoint is None:
         strategy = params["prompt.init"]
-        labels = None
-        if strategy != "random":
-            images, labels = _init_images(task, train_split, spec, backbone)
-        init_info = initialize_prompts(model, strategy, images, labels, seed=seed)
+        key = _init_key(strategy, task, train_split, spec, backbone, model, seed)
+        cached = _INIT_CACHE.get(key) if key is not None else None
+        if cached is not None:  # the same task, shape and seed as an earlier trial of this worker
+            _INIT_CACHE.move_to_end(key)
+            with torch.no_grad():
+                model.prompt_tokens.copy_(cached[0])
+            init_info = {**cached[1], "cached": True}
+        else:
+            labels = None
+            if strategy != "random":
+                images, labels = _init_images(task, train_split, spec, backbone)
+            init_info = initialize_prompts(model, strategy, images, labels, seed=seed)
+            if key is not None:
+                # The entry holds the backbone too, so its id() in the key cannot be reused meanwhile.
+                _INIT_CACHE[key] = (model.prompt_tokens.detach().clone(), dict(init_info), backbone)
+                while len(_INIT_CACHE) > INIT_CACHE_SIZE:
+                    _INIT_CACHE.popitem(last=False)
     nmi_images = None
     if tr.track_nmi and method == "vpt":
         # A fixed set of training images, so the per-epoch values are comparable across epochs.

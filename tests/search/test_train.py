@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vptsearch.spec import spec_from_dict
 from vptsearch.train import ListReporter, run_trial
@@ -85,3 +86,30 @@ def test_nmi_is_off_by_default(spec) -> None:
     cfg = {"method": "vpt", "prompt.length": 2, "optim.base_lr": 1.0}
     run_trial(cfg, task="mini/digits", spec=spec, reporter=rep)
     assert not any(k.startswith("nmi") for r in rep.results for k in r)
+
+
+def test_spt_init_is_computed_once_per_worker_for_the_same_task_shape_and_seed(spec, monkeypatch) -> None:
+    """A search repeats (task, p, init, seed): the second trial reuses the first one's prompts."""
+    import vptsearch.train as train
+
+    calls: list[str] = []
+    real = train._init_images
+
+    def counting(*a, **kw):
+        calls.append(a[0])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "_init_images", counting)
+    monkeypatch.setattr(train, "_INIT_CACHE", type(train._INIT_CACHE)())
+    cfg = {"method": "vpt", "prompt.length": 3, "prompt.init": "spt-kmeans", "optim.base_lr": 1.0}
+    first = run_trial(cfg, task="mini/digits", spec=spec)
+    again = run_trial({**cfg, "optim.base_lr": 2.0}, task="mini/digits", spec=spec)
+    assert calls == ["mini/digits"]  # images read and clustered once
+    assert again.init.get("cached") is True and "cached" not in first.init
+    fresh = run_trial({**cfg, "seed": 1}, task="mini/digits", spec=spec)  # another seed: computed
+    assert calls == ["mini/digits"] * 2 and "cached" not in fresh.init
+    # Cached prompts are exactly the computed ones: the same config trains to the same tensors.
+    monkeypatch.setattr(train, "_INIT_CACHE", type(train._INIT_CACHE)())
+    uncached = run_trial({**cfg, "optim.base_lr": 2.0}, task="mini/digits", spec=spec)
+    for k, v in uncached.trained_state.items():
+        assert torch.equal(again.trained_state[k], v), k

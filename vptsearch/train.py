@@ -262,10 +262,12 @@ def run_trial(
         strategy = params["prompt.init"]
         key = _init_key(strategy, task, train_split, spec, backbone, model, seed)
         cached = _INIT_CACHE.get(key) if key is not None else None
-        if cached is not None:  # the same task, shape and seed as an earlier trial of this worker
+        prompts = model.prompt_tokens
+        assert prompts is not None  # method vpt
+        if key is not None and cached is not None:  # same task, shape and seed as an earlier trial
             _INIT_CACHE.move_to_end(key)
             with torch.no_grad():
-                model.prompt_tokens.copy_(cached[0])
+                prompts.copy_(cached[0])
             init_info = {**cached[1], "cached": True}
         else:
             labels = None
@@ -274,7 +276,7 @@ def run_trial(
             init_info = initialize_prompts(model, strategy, images, labels, seed=seed)
             if key is not None:
                 # The entry holds the backbone too, so its id() in the key cannot be reused meanwhile.
-                _INIT_CACHE[key] = (model.prompt_tokens.detach().clone(), dict(init_info), backbone)
+                _INIT_CACHE[key] = (prompts.detach().clone(), dict(init_info), backbone)
                 while len(_INIT_CACHE) > INIT_CACHE_SIZE:
                     _INIT_CACHE.popitem(last=False)
     nmi_images = None

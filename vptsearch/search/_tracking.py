@@ -321,7 +321,7 @@ class TrackingCallback(tune.Callback):
     def tracker(self) -> Tracker:
         if self._tracker is None:
             self._tracker = (open_tracker(self.run_dir) if self.run_dir else None) or Tracker(
-                *self.args, run_dir=self.run_dir
+                *self.args, run_dir=Path(self.run_dir) if self.run_dir else None
             )
         return self._tracker
 

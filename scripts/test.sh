@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
+.venv/bin/mypy vptsearch  # typed public API (config in pyproject.toml)
 exec .venv/bin/python -m pytest "$@"

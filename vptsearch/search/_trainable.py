@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import posixpath
 import tempfile
 from typing import Any
 
@@ -20,6 +22,7 @@ from vptsearch.search._cluster import SharedBackbone
 from vptsearch.spec import SearchSpec, spec_from_dict
 from vptsearch.train import run_trial
 
+log = logging.getLogger("vptsearch")
 STATE_FILE = "state.pt"
 CONTROL_KEYS = ("task", "phase", "seed")
 
@@ -66,8 +69,50 @@ def trainable(config: dict[str, Any], spec_json: str, backbone: SharedBackbone |
     )
 
 
+def heal_pruned_checkpoint(checkpoint: tune.Checkpoint) -> bool:
+    """Put the trial's newest checkpoint where a restored experiment expects its last one.
+
+    Tune 2.60 deletes a trial's older checkpoint (``num_to_keep``) as soon as it registers a newer
+    one, and writes the experiment snapshot that stops pointing at the older one only afterwards; a
+    driver killed in between leaves a snapshot naming a deleted checkpoint, and the restored trial
+    fails ("Could not recover from checkpoint"). The newer checkpoint is still in the trial folder:
+    move it under the expected name (our state carries its own epoch and history, and ASHA's time
+    attribute is that epoch, so the trial simply resumes one epoch later). Returns True if it healed.
+    """
+    from pyarrow.fs import FileSelector, FileType, copy_files
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    if fs is None or fs.get_file_info(path).type != FileType.NotFound:
+        return False
+    parent, name = posixpath.split(path.rstrip("/"))
+    siblings = sorted(
+        info.path
+        for info in fs.get_file_info(FileSelector(parent, allow_not_found=True))
+        if info.type == FileType.Directory and posixpath.basename(info.path).startswith("checkpoint_")
+    )
+    newer = [p for p in siblings if posixpath.basename(p) > name]
+    if not newer:
+        return False  # nothing to recover from: Tune reports its own error
+    fs.create_dir(path, recursive=True)
+    copy_files(newer[-1], path, source_filesystem=fs, destination_filesystem=fs)
+    fs.delete_dir(newer[-1])  # unknown to the restored experiment: it would never be pruned
+    log.warning("checkpoint %s was pruned before Tune's snapshot; resuming from %s", path, newer[-1])
+    return True
+
+
 def make_trainable(spec: SearchSpec, backbone: SharedBackbone | None = None) -> Any:
     """``trainable`` bound to ``spec`` (and the shared backbone) with the trial's resources
-    (cpu/gpu fractions allowed)."""
+    (cpu/gpu fractions allowed), restoring through :func:`heal_pruned_checkpoint`."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
     bound = tune.with_parameters(trainable, spec_json=json.dumps(spec.to_dict()), backbone=backbone)
-    return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    base: Any = wrap_function(bound)
+
+    class Trainable(base):
+        def restore(self, checkpoint_path: Any) -> Any:
+            checkpoint = getattr(checkpoint_path, "checkpoint", None)
+            if checkpoint is not None:
+                heal_pruned_checkpoint(checkpoint)
+            return super().restore(checkpoint_path)
+
+    return tune.with_resources(Trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})

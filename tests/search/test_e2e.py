@@ -118,6 +118,8 @@ def test_optuna_studies_hold_pruned_trials_at_their_fidelity(launched) -> None:
             last_step = max(t.intermediate_values, default=0)
             if t.user_attrs["status"] == "completed":
                 assert t.state == TrialState.COMPLETE and last_step == 3
+            elif t.user_attrs["status"] == "duplicate":  # told its known value, never trained again
+                assert t.state == TrialState.COMPLETE and not t.intermediate_values
             else:
                 assert t.state == TrialState.PRUNED and t.user_attrs["status"] in ("pruned", "diverged")
                 pruned += t.user_attrs["status"] == "pruned"

@@ -87,3 +87,23 @@ def test_grid_searcher_enumerates_every_combination() -> None:
     assert sorted((c["prompt.length"], c["optim.base_lr"]) for c in got[:6]) == sorted(
         (p, lr) for p in (1, 5) for lr in (0.1, 1.0, 10.0)
     )
+
+
+def test_tpe_does_not_retrain_a_configuration_it_already_completed(tmp_path) -> None:
+    """On a discrete space TPE re-proposes known points; those are told their value, not re-run."""
+    raw = {**RAW, "params": {"prompt.length": {"choice": [1, 5, 10]}, "optim.base_lr": 1.0},
+           "search": {**RAW["search"], "n_startup_trials": 1}}  # fmt: skip
+    s = make_task_searcher(spec_from_dict(raw), "mini/digits", journal=tmp_path / "j")
+    seen = []
+    for i in range(3):
+        config = s.suggest(f"t{i}")
+        seen.append(config["prompt.length"])
+        for epoch in range(1, 5):
+            s.on_trial_result(f"t{i}", {"val_acc": 0.1 * config["prompt.length"], "epoch": epoch})
+        s.on_trial_complete(f"t{i}", {"val_acc": 0.1 * config["prompt.length"], "epoch": 4})
+    assert sorted(seen) == [1, 5, 10]  # three trials, three different configurations
+    study = load_studies(tmp_path / "j")["mini/digits"]
+    dups = [t for t in study.trials if t.user_attrs.get("status") == "duplicate"]
+    assert all(t.state == TrialState.COMPLETE and t.value == 0.1 * t.params["prompt.length"] for t in dups)
+    # The space is exhausted: after MAX_DUPLICATE_ASKS duplicates the searcher still returns one.
+    assert s.suggest("t3")["prompt.length"] in (1, 5, 10)

@@ -42,6 +42,36 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """A configuration not yet trained to the full budget.
+
+        On a discrete space TPE re-proposes configurations it has already seen (it models the good
+        region, not the set of tried points); retraining one costs a whole trial for a value we
+        know. Such a proposal is told to Optuna at once with the known value (so the model still
+        counts it) and the study is asked again; after ``MAX_DUPLICATE_ASKS`` duplicates in a row
+        (the space is nearly exhausted) the duplicate runs.
+        """
+        known = self._completed_values()
+        for _ in range(MAX_DUPLICATE_ASKS):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            key = _params_key(ot_trial.params)
+            if key not in known:
+                return config
+            study: optuna.Study = self._ot_study  # type: ignore[assignment]
+            ot_trial.set_user_attr("status", "duplicate")
+            study.tell(ot_trial, known[key], state=TrialState.COMPLETE)
+            del self._ot_trials[trial_id]
+        return super().suggest(trial_id)
+
+    def _completed_values(self) -> dict[tuple[Any, ...], float]:
+        study: optuna.Study = self._ot_study  # type: ignore[assignment]
+        return {
+            _params_key(t.params): float(t.value)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None
+        }
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self._metric not in result:
             return
@@ -70,6 +100,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
         except (RuntimeError, ValueError) as exc:  # already finished in the journal before a restore
             logger.warning("optuna: trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+
+MAX_DUPLICATE_ASKS = 20
+
+
+def _params_key(params: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(sorted(params.items()))
 
 
 def trial_status(result: Mapping[str, Any] | None, max_epochs: int, error: bool = False) -> str:

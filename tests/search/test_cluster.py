@@ -109,7 +109,8 @@ def test_fractional_gpu_reaches_tunes_placement(base_raw) -> None:
 
     spec = spec_from_dict({**base_raw, "resources": {"cpu": 2, "gpu": 0.25}})
     assert (spec.resources.cpu, spec.resources.gpu) == (2.0, 0.25)
-    pgf = make_trainable(spec)._resources  # what tune.with_resources hands to Tune's scheduler
+    # What Tune's scheduler asks the trainable class (tune.with_resources) for each trial.
+    pgf = make_trainable(spec).default_resource_request({})
     assert pgf.required_resources == {"CPU": 2.0, "GPU": 0.25}
     with pytest.raises(ConfigError, match=r"resources\.gpu"):
         spec_from_dict({**base_raw, "resources": {"gpu": 1.5}})

@@ -120,7 +120,7 @@ def _swapped_trainable(epochs: int, checkpoint: bool):
 
     from vptsearch.search import _trainable
 
-    def make(spec: Any) -> Any:
+    def make(spec: Any, backbone: Any = None) -> Any:  # make_trainable's signature; no model here
         bound = tune.with_parameters(noop_trainable, epochs=epochs, checkpoint=checkpoint)
         return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 

@@ -169,6 +169,7 @@ def _run_tuner(
     callbacks: list,
     resume: bool,
     backbone: Any = None,
+    store: Any = None,
 ) -> Any:
     from ray import tune
 
@@ -178,10 +179,11 @@ def _run_tuner(
     # num_to_keep=1 makes Tune snapshot the experiment after every checkpoint (our per-epoch,
     # kilobyte-sized ones) and warn each time that snapshots are frequent; locally they are cheap.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    store = launch_storage(spec, run_dir)  # local run dir, NFS, or a pyarrow filesystem (S3)
+    # local run dir, NFS, or a pyarrow filesystem (S3); the launch passes the one it checked
+    store = store or launch_storage(spec, run_dir)
     path = f"{store.path}/{name}"
     # backbone: the driver's weights in the object store (_cluster.share_backbone)
-    trainable = make_trainable(spec) if backbone is None else make_trainable(spec, backbone)
+    trainable = make_trainable(spec, backbone)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=store.fs):
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -372,8 +374,9 @@ def launch(
     from vptsearch.search._storage import check_storage, launch_storage, with_storage
 
     spec = with_storage(spec, storage)
+    store = launch_storage(spec, run_dir)
     if spec.storage.path:
-        check_storage(launch_storage(spec, run_dir))
+        check_storage(store)
     import ray
 
     started_here = not ray.is_initialized()
@@ -383,7 +386,7 @@ def launch(
         _check_resources(spec)
         from vptsearch.search._cluster import preflight
 
-        preflight(spec, launch_storage(spec, run_dir), tasks, say)  # >1 node: shared storage, data
+        preflight(spec, store, tasks, say)  # >1 node: shared storage, data
         launch_id = f"{spec.name}/{run_dir.name}"
         run_dir.mkdir(parents=True, exist_ok=True)
         art_loc = artifact_location(spec.tracking.artifact_location, uri)
@@ -400,7 +403,7 @@ def launch(
             tracker.log_artifact(launch_run, run_dir / SPEC_FILE)
             parents = {t: tracker.task_run(t, get_task(t, spec.data_root).group) for t in tasks}
             summary = _run_phases(
-                spec, tasks, run_dir, tracker, launch_run, parents, dashboard_url, resume, say, t0
+                spec, tasks, run_dir, store, tracker, launch_run, parents, dashboard_url, resume, say, t0
             )
             summary.unsynced = _close_tracker(tracker, say)
             return summary
@@ -416,6 +419,7 @@ def _run_phases(
     spec: SearchSpec,
     tasks: list[str],
     run_dir: Path,
+    store: Any,
     tracker: Tracker,
     launch_run: str,
     parents: dict[str, str],
@@ -441,10 +445,9 @@ def _run_phases(
         say(f"  Ray dashboard:  {dashboard_url}")
     from vptsearch.search import _cluster
     from vptsearch.search._metrics import MetricsCallback
-    from vptsearch.search._storage import launch_storage
     from vptsearch.train import get_backbone
 
-    say(f"  Tune storage:   {launch_storage(spec, run_dir).uri}")
+    say(f"  Tune storage:   {store.uri}")
     backbone = _cluster.share_backbone(get_backbone(spec))  # once, not per trial or per node
 
     def callbacks(phase: str, n_trials: int) -> list:
@@ -471,6 +474,7 @@ def _run_phases(
         callbacks("search", budget),
         resume,
         backbone,
+        store,
     )
     records = _records(results, spec.training.epochs)
     selection = select(records, tasks)
@@ -497,6 +501,7 @@ def _run_phases(
             callbacks("final", n_final),
             resume,
             backbone,
+            store,
         )
         final_states = _final_states(fres, run_dir, spec.training.epochs)
 

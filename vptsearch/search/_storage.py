@@ -54,6 +54,14 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
     return "://" in os.fspath(location) and scheme not in ("", "file")
 
 
+def s3_endpoint() -> tuple[str, Any] | None:
+    """``(as given, parsed URL)`` of ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``, if set."""
+    endpoint = next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
+    if not endpoint:
+        return None
+    return endpoint, urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+
+
 def s3_filesystem() -> Any:
     """An S3 filesystem honouring ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL`` (MinIO, moto).
 
@@ -62,14 +70,14 @@ def s3_filesystem() -> Any:
     """
     from pyarrow import fs
 
-    endpoint = next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
+    endpoint = s3_endpoint()
     kwargs: dict[str, Any] = {
         "connect_timeout": 5,
         "request_timeout": 30,
         "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=3),
     }
     if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        parsed = endpoint[1]
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
         kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return fs.S3FileSystem(**kwargs)
@@ -133,13 +141,13 @@ def check_storage(store: Storage) -> None:
         return
     from pyarrow import fs
 
-    endpoint = next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
+    endpoint = s3_endpoint()
     if endpoint and urlparse(store.uri).scheme == "s3":
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        parsed = endpoint[1]
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         reason = unreachable(parsed.hostname or "", port, 5.0)
         if reason is not None:
-            raise ConfigError(f"storage {store.uri!r}: S3 endpoint {endpoint} unreachable ({reason})")
+            raise ConfigError(f"storage {store.uri!r}: S3 endpoint {endpoint[0]} unreachable ({reason})")
     bucket = store.path.split("/", 1)[0]
     try:
         info = store.fs.get_file_info(bucket)  # one request: credentials, endpoint and bucket

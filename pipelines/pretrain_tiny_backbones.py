@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from vptsearch.models import _pretrain, _probe
+from vptsearch.models import _pretrain
+from vptsearch.probe import probe_card
 
 ASSETS = Path(__file__).resolve().parents[1] / "vptsearch" / "assets"
 STEPS = {"sup": 1400, "mae": 1500}  # batches of 128
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.probe:
         for key in [args.only] if args.only else ["sup", "mae"]:
-            results = _probe.probe_card(args.out / f"{NAMES[key]}.json", root=args.data_root)
+            results = probe_card(args.out / f"{NAMES[key]}.json", root=args.data_root)
             print(NAMES[key], results, flush=True)
         return 0
     if not args.only:

@@ -186,18 +186,46 @@ def test_prefix_kv_gradients_equal_token_path(cls_vit, images):
     torch.testing.assert_close(fast.head.weight.grad, slow.head.weight.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_prompt_dropout_per_sample_on_tokens_shared_on_prefix_kv(cls_vit, images):
+@pytest.mark.parametrize("mask", ["sample", "batch"])
+def test_prompt_dropout_mask_per_sample_by_default_batch_only_when_asked(cls_vit, images, mask):
     x = images(cls_vit, 1).expand(6, -1, -1, -1)  # six identical images
-    for impl, shared in (("tokens", False), ("prefix_kv", True)):
-        model = build_model(cls_vit, 3, prompt_length=8, depth="deep", prompt_dropout=0.5, deep_impl=impl)
+    for impl in ("tokens", "prefix_kv"):
+        model = build_model(
+            cls_vit, 3, prompt_length=8, depth="deep", prompt_dropout=0.5, deep_impl=impl, dropout_mask=mask
+        )
         with torch.no_grad():
             model.prompt_tokens.normal_()
         torch.manual_seed(0)
         out = model.train()(x)
         same = torch.allclose(out[0:1].expand_as(out), out, atol=1e-6)
-        assert same == shared, impl
+        assert same == (mask == "batch"), impl
         model.eval()
         assert torch.equal(model(x), model(x))  # no dropout at eval
+
+
+@pytest.mark.parametrize("kind", ["cls", "dinov2", "mae"])
+@pytest.mark.parametrize("mask", ["sample", "batch"])
+def test_prefix_kv_equals_token_path_in_training_under_same_dropout_masks(vit_factory, images, kind, mask):
+    vit = vit_factory(kind)
+    opts = {"prompt_length": 5, "depth": "deep", "prompt_dropout": 0.3, "dropout_mask": mask}
+    slow = build_model(vit, 4, deep_impl="tokens", **opts)
+    fast = build_model(vit, 4, deep_impl="prefix_kv", **opts)
+    with torch.no_grad():
+        slow.prompt_tokens.normal_()
+    fast.load_trained_state_dict(slow.trained_state_dict())
+    x = images(vit, 5)
+    outs = []
+    for m in (slow, fast):
+        torch.manual_seed(123)  # both paths draw one [B, p, d] (or [p, d]) mask per layer, in order
+        outs.append(m.train()(x))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    torch.manual_seed(7)
+    assert not torch.allclose(slow.train()(x), outs[0], atol=1e-4)  # the masks do matter
+
+
+def test_unknown_dropout_mask_is_one_line(cls_vit):
+    with pytest.raises(ConfigError, match="unknown prompt dropout mask 'shared'; accepted: sample, batch"):
+        build_model(cls_vit, 3, prompt_dropout=0.1, dropout_mask="shared")
 
 
 def test_dinov2_dynamic_image_size(vit_factory, images):
@@ -321,3 +349,34 @@ def test_cls_only_last_block_is_exact_and_active(cls_vit, images, impl):
 
 def test_avg_pool_backbones_run_the_whole_last_block(vit_factory):
     assert not build_model(vit_factory("mae"), 3, "linear").cls_only_last_block
+
+
+def test_batchnorm_head_standardises_features_and_its_statistics_are_trained_state(cls_vit, images):
+    model = build_model(cls_vit, 3, "linear", head_norm="batchnorm")
+    assert isinstance(model.head_norm, torch.nn.BatchNorm1d) and not model.head_norm.affine
+    assert model.num_trainable_params() == 32 * 3 + 3  # the norm adds no parameters
+    x = images(cls_vit, 8)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        model.train()(x)  # one training step's statistics update
+    state = model.trained_state_dict()
+    assert {"head_norm.running_mean", "head_norm.running_var", "head_norm.num_batches_tracked"} <= set(state)
+    torch.testing.assert_close(state["head_norm.running_mean"], 0.1 * feats.mean(0))
+    # Train mode normalises with the batch's statistics, eval mode with the running ones.
+    with torch.no_grad():
+        z = (feats - feats.mean(0)) / torch.sqrt(feats.var(0, unbiased=False) + 1e-5)
+        torch.testing.assert_close(model.train()(x), model.head(z), atol=1e-5, rtol=1e-4)
+        other = build_model(cls_vit, 3, "linear", head_norm="batchnorm")
+        other.load_trained_state_dict(model.trained_state_dict())
+        torch.testing.assert_close(other.eval()(x), model.eval()(x))
+        # A single training image cannot give batch statistics: the running ones are used.
+        torch.testing.assert_close(model.train()(x[:1]), model.eval()(x[:1]))
+
+
+def test_head_norm_state_must_be_complete_and_kind_known(cls_vit):
+    plain = build_model(cls_vit, 3, "linear").trained_state_dict()
+    missing = r"missing \['head_norm.num_batches_tracked', 'head_norm.running_mean'"
+    with pytest.raises(ConfigError, match=missing):
+        build_model(cls_vit, 3, "linear", head_norm="batchnorm").load_trained_state_dict(plain)
+    with pytest.raises(ConfigError, match="unknown head norm 'layernorm'; accepted: none, batchnorm"):
+        build_model(cls_vit, 3, "linear", head_norm="layernorm")

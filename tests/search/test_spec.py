@@ -71,7 +71,12 @@ CORPUS = [
     ),
     ("name: t\nsuite: mini\ntraining: {epochs: ten}\n", ["training.epochs", "integer"]),
     ("name: t\nsuite: mini\ntraining: {warmup_epochs: 10, epochs: 10}\n", ["training.warmup_epochs"]),
-    ("name: t\nsuite: mini\ntraining: {optimizer: adam}\n", ["training.optimizer", "sgd"]),
+    ("name: t\nsuite: mini\ntraining: {optimizer: adam}\n", ["training.optimizer", "sgd", "adamw"]),
+    (
+        "name: t\nsuite: mini\ntraining: {prompt_dropout_mask: shared}\n",
+        ["training.prompt_dropout_mask", "sample", "batch"],
+    ),
+    ("name: t\nsuite: mini\nparams: {head.norm: layernorm}\n", ["params.head.norm", "batchnorm"]),
     ("name: t\nsuite: mini\nresources: {cpu: 0}\n", ["resources.cpu"]),
     ("name: t\nsuite: mini\nresources: {gpu: 1.5}\n", ["resources.gpu", "fractions"]),
     ("name: t\nsuite: mini\nprotocol: {final_seeds: [0, 0]}\n", ["protocol.final_seeds", "duplicate"]),

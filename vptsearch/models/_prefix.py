@@ -1,10 +1,13 @@
 """The fast VPT-deep path: a timm ``Block`` whose attention also sees precomputed prompt keys/values.
 
 In VPT-deep the prompt tokens' outputs of every layer are thrown away (the next layer's fresh prompts
-replace them), so a layer only needs the prompts' keys and values. Those depend on the prompt vectors
-alone, not on the image, so they are computed once per step for the whole batch (``prompt_kv``) and
-appended to the image tokens' keys/values (``run_block``). The prompts' queries, attention
-output, projection and MLP are never computed. At eval time this is exactly the token path.
+replace them), so a layer only needs the prompts' keys and values, appended to the image tokens'
+keys/values (``run_block``). The prompts' queries, attention output, projection and MLP are never
+computed. Without dropout (and at eval time) the prompt K/V do not depend on the image: they are
+computed once per step for the whole batch (``[heads, p, head_dim]``). With VPT's per-sample prompt
+dropout every sample sees its own masked prompts, so the K/V are per sample
+(``[B, heads, p, head_dim]``): still only a ``p x d -> 2d`` projection per sample, far cheaper than
+running the block on ``p`` more tokens. Either way the result is exactly the token path's.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ def check_block(block: nn.Module, index: int) -> None:
 
 
 def prompt_kv(block: Any, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of ``prompts`` [p, d] for ``block``: each ``[heads, p, head_dim]``, batch-free."""
+    """Keys and values of ``prompts`` for ``block``.
+
+    ``prompts`` ``[p, d]`` (shared by the batch) gives K/V ``[heads, p, head_dim]``; ``[B, p, d]``
+    (per-sample, e.g. after per-sample dropout) gives ``[B, heads, p, head_dim]``.
+    """
     attn = block.attn
     h, hd = attn.num_heads, attn.head_dim
     width = h * hd
@@ -39,8 +46,11 @@ def prompt_kv(block: Any, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     # Only the K and V rows of the fused qkv projection: the prompts' queries are never needed.
     w = attn.qkv.weight[width:]
     b = attn.qkv.bias[width:] if attn.qkv.bias is not None else None
-    kv = F.linear(x, w, b).reshape(-1, 2, h, hd).permute(1, 2, 0, 3)  # [2, h, p, hd]
-    k, v = kv.unbind(0)
+    kv = F.linear(x, w, b)
+    if prompts.dim() == 2:
+        k, v = kv.reshape(-1, 2, h, hd).permute(1, 2, 0, 3).unbind(0)  # [h, p, hd] each
+    else:
+        k, v = kv.reshape(kv.shape[0], -1, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, p, hd]
     return attn.k_norm(k), v
 
 
@@ -51,8 +61,9 @@ def run_block(
     v_p: torch.Tensor | None = None,
     n_query: int | None = None,
 ) -> torch.Tensor:
-    """timm ``Block.forward`` on ``x`` [B, N, d], optionally with prompt K/V appended to the keys
-    and values, optionally returning only the first ``n_query`` outputs.
+    """timm ``Block.forward`` on ``x`` [B, N, d], optionally with prompt K/V (batch-free
+    ``[heads, p, head_dim]`` or per-sample ``[B, heads, p, head_dim]``) appended to the keys and
+    values, optionally returning only the first ``n_query`` outputs.
 
     Mirrors ``timm.models.vision_transformer.Block`` and ``timm.layers.Attention`` (qk_norm, scale
     norm, optional gate, layer scale, drop path), so the result equals running the block on
@@ -69,8 +80,10 @@ def run_block(
     q, k = attn.q_norm(q[:, :, :nq]), attn.k_norm(k)
     if k_p is not None and v_p is not None:
         # Order of keys is irrelevant to softmax attention; prompts go last to avoid re-slicing.
-        k = torch.cat([k, k_p.unsqueeze(0).expand(bsz, -1, -1, -1)], dim=2)
-        v = torch.cat([v, v_p.unsqueeze(0).expand(bsz, -1, -1, -1)], dim=2)
+        if k_p.dim() == 3:  # shared by the batch
+            k_p, v_p = k_p.unsqueeze(0).expand(bsz, -1, -1, -1), v_p.unsqueeze(0).expand(bsz, -1, -1, -1)
+        k = torch.cat([k, k_p], dim=2)
+        v = torch.cat([v, v_p], dim=2)
     drop = attn.attn_drop.p if attn.training else 0.0
     o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=attn.scale)
     o = attn.norm(o.transpose(1, 2).reshape(bsz, nq, h * hd))

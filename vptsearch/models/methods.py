@@ -71,10 +71,14 @@ def _vpt(
     prompt_dropout: float = 0.0,
     deep_impl: str = "tokens",
     frozen: bool = False,
+    dropout_mask: str = "sample",
 ) -> None:
     if not isinstance(frozen, bool):
         raise ConfigError(f"frozen must be true or false, got {frozen!r}")
-    model.add_prompts(prompt_length, depth=depth, prompt_dropout=prompt_dropout, deep_impl=deep_impl)
+    model.add_prompts(
+        prompt_length, depth=depth, prompt_dropout=prompt_dropout, deep_impl=deep_impl,
+        dropout_mask=dropout_mask,
+    )
     if frozen and model.prompt_tokens is not None:
         # SPT Table 4a: prompts keep their initial values (initialize_prompts writes them in place
         # later) and only the head trains; they still travel in trained_state_dict() for export.
@@ -156,7 +160,7 @@ def _resolve_backbone(backbone: object, options: dict[str, Any]) -> nn.Module:
 
 
 def build_model(
-    backbone: object, num_classes: int, method: str = "vpt", **options: Any
+    backbone: object, num_classes: int, method: str = "vpt", *, head_norm: str = "none", **options: Any
 ) -> TunedModel:
     """Build a ``TunedModel``: a private frozen copy of ``backbone`` + the method's trained parts + head.
 
@@ -164,6 +168,7 @@ def build_model(
     ``load_backbone`` (with ``weights=`` among the options). The caller's model is never modified:
     it is deep-copied, so several tuned models (and full fine-tuning) can share one loaded backbone.
     Options per method: ``METHODS.get(method).options()``; unknown options raise ``ConfigError``.
+    ``head_norm`` (every method): ``none`` or ``batchnorm`` in front of the linear head.
     """
     spec = METHODS.get(method)
     options = dict(options)
@@ -176,6 +181,7 @@ def build_model(
             f"accepted: {', '.join(accepted) or 'none'}"
         )
     model = TunedModel(copy.deepcopy(model_in), num_classes, method)
+    model.set_head_norm(head_norm)
     spec.setup(model, **options)
     model.to(next(model_in.parameters()).device)
     return model

@@ -1,0 +1,62 @@
+"""The training recipe's options, end to end through run_trial: optimizer, head norm, dropout mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vptsearch.spec import spec_from_dict
+from vptsearch.train import ListReporter, run_trial
+
+
+def _spec(base_raw: dict, **training):
+    training = {"epochs": 2, "warmup_epochs": 0, "batch_size": 64, **training}
+    return spec_from_dict({**base_raw, "training": training})
+
+
+def test_adamw_is_really_used_with_its_lr_rule(base_raw: dict) -> None:
+    cfg = {"method": "linear", "optim.base_lr": 0.01, "optim.weight_decay": 1e-4}
+    adamw, sgd = ListReporter(), ListReporter()
+    res_a = run_trial(cfg, task="mini/digits", spec=_spec(base_raw, optimizer="adamw"), reporter=adamw)
+    res_s = run_trial(cfg, task="mini/digits", spec=_spec(base_raw), reporter=sgd)
+    state = adamw.last_state["optimizer"]["state"]
+    assert state and all({"exp_avg", "exp_avg_sq"} <= set(s) for s in state.values())  # AdamW's moments
+    assert all("momentum_buffer" in s for s in sgd.last_state["optimizer"]["state"].values())
+    # Peak lr: adamw uses base_lr as given, sgd scales it by batch/256 (warm-up 0: epoch 1 ends near peak).
+    assert adamw.last_state["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+    assert res_a.history[0]["lr"] <= 0.01 and res_a.history[0]["lr"] > 0.005
+    assert res_s.history[0]["lr"] <= 0.01 * 64 / 256 and res_s.history[0]["lr"] > 0.001
+    assert not torch.equal(res_a.trained_state["head.weight"], res_s.trained_state["head.weight"])
+
+
+def test_batchnorm_head_trains_exports_its_statistics_and_resumes_exactly(base_raw: dict) -> None:
+    spec = _spec(base_raw, epochs=3)
+    cfg = {"method": "vpt", "prompt.length": 2, "head.norm": "batchnorm", "optim.base_lr": 1.0}
+    straight = run_trial(cfg, task="mini/digits", spec=spec, reporter=ListReporter())
+    assert {"head_norm.running_mean", "head_norm.running_var"} <= set(straight.trained_state)
+    assert straight.trained_state["head_norm.num_batches_tracked"] > 0
+    stopped = ListReporter(stop_after=1)
+    run_trial(cfg, task="mini/digits", spec=spec, reporter=stopped)
+    resumed = run_trial(
+        cfg, task="mini/digits", spec=spec, reporter=ListReporter(), checkpoint=stopped.last_state
+    )
+    assert resumed.val_acc == straight.val_acc
+    for k, v in straight.trained_state.items():
+        assert torch.allclose(resumed.trained_state[k].double(), v.double(), atol=1e-5), k
+
+
+@pytest.mark.parametrize("mask", ["sample", "batch"])
+def test_dropout_mask_reaches_the_model(base_raw: dict, mask: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vptsearch.models
+
+    built = []
+    real = vptsearch.models.build_model
+
+    def spy(*a, **kw):
+        built.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(vptsearch.models, "build_model", spy)
+    spec = _spec(base_raw, epochs=1, prompt_dropout_mask=mask)
+    run_trial({"method": "vpt", "prompt.length": 2}, task="mini/digits", spec=spec, reporter=ListReporter())
+    assert built[0]["dropout_mask"] == mask and built[0]["prompt_dropout"] == 0.1

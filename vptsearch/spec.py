@@ -28,8 +28,11 @@ METHODS = ("vpt", "linear", "full", "bias", "partial", "adapter")
 INITS = ("random", "spt-mean", "spt-max", "spt-sample", "spt-kmeans", "cls-prototype")
 DEPTHS = ("shallow", "deep")
 DEEP_IMPLS = ("tokens", "prefix_kv")
+DROPOUT_MASKS = ("sample", "batch")
+HEAD_NORMS = ("none", "batchnorm")
+OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on cuda, fp32 on cpu
 ALGORITHMS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 DIST_KINDS = ("choice", "uniform", "loguniform", "int")
@@ -81,6 +84,8 @@ PARAMS: dict[str, ParamDef] = {
     "prompt.frozen": ParamDef(_check_bool, ("vpt",), False),
     "adapter.reduction": ParamDef(_check_pos_int, ("adapter",), 8, numeric=True),
     "partial.k": ParamDef(_check_pos_int, ("partial",), 1, numeric=True),
+    # BatchNorm1d without affine in front of the head (MAE linear-probe protocol), any method
+    "head.norm": ParamDef(_one_of(HEAD_NORMS), METHODS, "none"),
     "optim.base_lr": ParamDef(_check_pos_float, METHODS, 1.0, numeric=True),
     "optim.weight_decay": ParamDef(_check_nonneg_float, METHODS, 0.0, numeric=True),
 }
@@ -159,14 +164,20 @@ class TrainingConfig:
     warmup_epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 256
+    # sgd: lr = base_lr * batch_size / 256 (VPT paper); adamw: lr = base_lr (PETL benchmarks quote it
+    # as is, at their batch size), decoupled weight decay, betas (0.9, 0.999); momentum is SGD's only
     optimizer: str = "sgd"
     momentum: float = 0.9
     image_size: int | None = None  # None: the backbone's own
     prompt_dropout: float = 0.1
+    prompt_dropout_mask: str = "sample"  # sample: a mask per sample (VPT); batch: one per batch
     init_images: int = 800  # training images fed to SPT / cls-prototype initialisers
     track_nmi: bool = False  # vpt: log NMI(prompts; patch tokens) per layer every epoch (SPT eqs. 7-8)
     device: str = "auto"  # auto: cuda when the trial holds a GPU (resources.gpu > 0), else cpu
-    precision: str = "fp32"  # bf16: forward/backward under torch.autocast (trained tensors stay fp32)
+    precision: str = "auto"  # bf16: forward/backward under torch.autocast (trained tensors stay fp32)
+    # Tune checkpoints every this many epochs (0: none in between), always also at the scheduler's
+    # ASHA rungs and at the last epoch: at GPU speed per-epoch checkpoints cost more than the epoch.
+    checkpoint_every: int = 10
 
 
 @dataclass(frozen=True)
@@ -565,8 +576,17 @@ def _validate(spec: SearchSpec) -> None:
             "training.warmup_epochs",
             f"expected 0 <= warmup_epochs < epochs ({tr.epochs}), got {tr.warmup_epochs}",
         )
-    if tr.optimizer != "sgd":
-        raise _err("training.optimizer", f"unknown {tr.optimizer!r}; accepted: sgd (the paper recipe)")
+    if tr.optimizer not in OPTIMIZERS:
+        raise _err(
+            "training.optimizer",
+            f"unknown {tr.optimizer!r}; accepted: sgd (the VPT paper recipe), adamw (PETL benchmarks)",
+        )
+    if tr.prompt_dropout_mask not in DROPOUT_MASKS:
+        raise _err(
+            "training.prompt_dropout_mask",
+            f"unknown {tr.prompt_dropout_mask!r}; accepted: sample (per-sample masks, as in VPT), "
+            "batch (one mask shared by the batch)",
+        )
     if not 0 <= tr.momentum < 1:
         raise _err("training.momentum", f"expected 0 <= momentum < 1, got {tr.momentum}")
     if not 0 <= tr.prompt_dropout < 1:
@@ -575,6 +595,11 @@ def _validate(spec: SearchSpec) -> None:
         raise _err("training.device", f"unknown {tr.device!r}; accepted: {', '.join(DEVICES)}")
     if tr.precision not in PRECISIONS:
         raise _err("training.precision", f"unknown {tr.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if isinstance(tr.checkpoint_every, bool) or not isinstance(tr.checkpoint_every, int) or tr.checkpoint_every < 0:
+        raise _err(
+            "training.checkpoint_every",
+            f"expected an integer >= 0 (epochs; 0: only at ASHA rungs and the end), got {tr.checkpoint_every!r}",
+        )
     if tr.device == "cuda" and res.gpu <= 0:
         raise _err("training.device", "cuda needs resources.gpu > 0 (Ray hides GPUs from trials without one)")
     if tr.image_size is not None and tr.image_size < 8:

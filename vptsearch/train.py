@@ -97,21 +97,43 @@ def model_options(config: dict[str, Any], spec: SearchSpec) -> dict[str, Any]:
     """``build_model`` options of a trial config (the method's parameters, defaults filled in)."""
     method = config.get("method", "vpt")
     c = {**trial_defaults(method), **config}
+    # Only when set: bundles exported before head norms existed keep their old options.
+    common = {"head_norm": c["head.norm"]} if c["head.norm"] != "none" else {}
     if method == "vpt":
         opts = {
+            **common,
             "prompt_length": int(c["prompt.length"]),
             "depth": c["prompt.depth"],
             "prompt_dropout": spec.training.prompt_dropout,
             "deep_impl": c["prompt.deep_impl"],
+            "dropout_mask": spec.training.prompt_dropout_mask,
         }
         if c["prompt.frozen"]:  # only when set: bundles of trained prompts keep their old options
             opts["frozen"] = True
         return opts
     if method == "adapter":
-        return {"reduction": int(c["adapter.reduction"])}
+        return {**common, "reduction": int(c["adapter.reduction"])}
     if method == "partial":
-        return {"k": int(c["partial.k"])}
-    return {}
+        return {**common, "k": int(c["partial.k"])}
+    return common
+
+
+def build_optimizer(
+    params: list[torch.nn.Parameter], spec: SearchSpec, base_lr: float, weight_decay: float
+) -> tuple[torch.optim.Optimizer, float]:
+    """The trial's optimizer and its peak lr (``training.optimizer``; the lr rule of each below).
+
+    ``sgd`` (VPT paper): momentum ``training.momentum``, peak lr ``base_lr * batch_size / 256``.
+    ``adamw`` (PETL benchmarks): peak lr ``base_lr`` as given, decoupled ``weight_decay``.
+    Both follow the same warm-up + cosine schedule (:func:`lr_at`).
+    """
+    tr = spec.training
+    if tr.optimizer == "sgd":
+        lr = base_lr * tr.batch_size / 256
+        return torch.optim.SGD(params, lr=lr, momentum=tr.momentum, weight_decay=weight_decay), lr
+    if tr.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=base_lr, weight_decay=weight_decay), base_lr
+    raise ConfigError(f"training.optimizer: unknown {tr.optimizer!r}; accepted: sgd, adamw")
 
 
 def trial_device(spec: SearchSpec) -> torch.device:
@@ -287,9 +309,8 @@ def run_trial(
 
     train_loader = _loader(task, train_split, spec, backbone, train=True, seed=seed, batch=tr.batch_size)
     trained = [p for p in model.parameters() if p.requires_grad]
-    lr = float(params["optim.base_lr"]) * tr.batch_size / 256
-    opt = torch.optim.SGD(
-        trained, lr=lr, momentum=tr.momentum, weight_decay=float(params["optim.weight_decay"])
+    opt, lr = build_optimizer(
+        trained, spec, float(params["optim.base_lr"]), float(params["optim.weight_decay"])
     )
     steps_per_epoch = max(1, len(train_loader))
     total_steps, warmup_steps = tr.epochs * steps_per_epoch, tr.warmup_epochs * steps_per_epoch

@@ -71,6 +71,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="sync into this store instead (default: the launch's own)")
     p.set_defaults(func=cmd_sync)
 
+    from vptsearch.search._monitor import add_command as add_monitor
+
+    add_monitor(sub)  # monitor: a local Prometheus scraping the launch's Ray metrics
+
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
@@ -330,6 +334,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "ray auth token",
         f"{token} ({'present' if token.is_file() else 'absent: created on first start'})",
     )
+    from vptsearch.search import _monitor
+
+    # The dashboard opens on a token dialog (Ray 2.60 token auth): say which token to paste.
+    line(None, "ray dashboard", f"{_monitor.token_hint(joined=False)}; a joined cluster's: "
+         "$RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token")  # fmt: skip
+    prom = _monitor.find_prometheus()
+    line(None, "prometheus", f"{prom}: `vptsearch monitor` charts a launch" if prom else
+         "not installed: `vptsearch monitor` needs it (apt-get install prometheus)")  # fmt: skip
     if args.space:
         try:
             _doctor_space(args.space, line)

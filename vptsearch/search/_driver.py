@@ -256,7 +256,11 @@ def _final_states(results: Any, run_dir: Path, max_epochs: int) -> dict[str, dic
 
 # --- export ---------------------------------------------------------------------------------------
 def bundle_meta(spec: SearchSpec, task: str, results: dict[str, Any], backbone: Any) -> dict[str, Any]:
-    """``bundle.json`` content of one task (see docs/search.md, bundle contract)."""
+    """``bundle.json`` content of one task (see docs/search.md, bundle contract).
+
+    ``results``: the task's entry of results.json plus ``launch_id`` and ``run_dir``; every final
+    seed that completed with saved weights becomes a member (the exported seed first).
+    """
     from vptsearch import __version__
     from vptsearch.data import get_task, read_manifest
     from vptsearch.train import model_options
@@ -268,26 +272,26 @@ def bundle_meta(spec: SearchSpec, task: str, results: dict[str, Any], backbone: 
     full = {**trial_defaults(method), **cfg}  # the same defaults run_trial filled in
     b = spec.backbone
     name = str(Path(b.name).resolve()) if Path(b.name).is_file() else b.name
+    exported = results["exported_seed"]
+    seeds = member_seeds(results)
+    members = [
+        {"seed": s, "file": _bundle.member_file(s, s == exported), "test_accuracy": results["test_accs"][str(s)]}
+        for s in seeds
+    ]
+    options = model_options(cfg, spec)
     return {
         "task": task,
         "group": info.group,
         "num_classes": info.num_classes,
         "class_names": list(read_manifest(task, spec.data_root).class_names),
-        "backbone": {
-            "name": name,
-            "weights": b.weights,
-            "architecture": b.architecture or backbone.architecture,
-            "model_kwargs": dict(b.model_kwargs),
-            "timm_kwargs": dict(backbone.model_kwargs),
-            "sha256": backbone.sha256,
-            "source": backbone.source,
-        },
+        "backbone": _bundle.backbone_record(backbone, name, b.weights),
         "image_size": spec.training.image_size or backbone.image_size,
         "preprocessing": info.preprocessing,  # vtab: resize; fgvc: resize 256/224 + centre crop
         "mean": list(backbone.mean),
         "std": list(backbone.std),
         "method": method,
-        "method_options": model_options(cfg, spec),
+        "method_options": options,
+        "head": {"norm": options.get("head_norm", "none")},
         "prompt": (
             {"depth": full["prompt.depth"], "length": full["prompt.length"], "init": full["prompt.init"]}
             if method == "vpt"
@@ -296,16 +300,31 @@ def bundle_meta(spec: SearchSpec, task: str, results: dict[str, Any], backbone: 
         "hyperparameters": cfg,
         "training": dataclasses.asdict(spec.training),
         "seeds": results["seeds"],
-        "exported_seed": results["exported_seed"],
+        "exported_seed": exported,
+        "members": members,
+        "ensemble": {
+            "seeds": seeds,
+            "combine": "mean of the members' logits",
+            "test_accuracy": results.get("ensemble_test_acc"),
+        },
         "val_accuracy": best["val_acc"],
-        "test_accuracy": results["test_accs"][str(results["exported_seed"])],
+        "test_accuracy": results["test_accs"][str(exported)],
         "test_accuracies": results["test_accs"],
         "test_mean": results["test_mean"],
         "test_std": results["test_std"],
         "tuned_percent": best.get("tuned_percent"),
         "launch": results.get("launch_id"),
+        "run_dir": results.get("run_dir"),
         "vptsearch_version": __version__,
     }
+
+
+def member_seeds(res: dict[str, Any]) -> list[int]:
+    """Final seeds of a task with a test accuracy and saved weights, the exported one first."""
+    done = [int(s) for s in res.get("seeds", []) if str(s) in res["test_accs"]
+            and "weights" in res["final"].get(str(s), {})]  # fmt: skip
+    exported = res["exported_seed"]
+    return [exported, *[s for s in done if s != exported]]
 
 
 def export_bundles(
@@ -313,34 +332,90 @@ def export_bundles(
     out_dir: str | Path | None = None,
     tracker: Tracker | None = None,
     parents: dict[str, str] | None = None,
+    results: dict[str, Any] | None = None,
+    say: Any = None,
 ) -> dict[str, Path]:
     """(Re-)export the bundle of every task of a finished launch from its saved results.
 
-    An ``s3://`` (or other pyarrow URI) export dir gets the bundles written under
-    ``<run_dir>/export`` first, then copied there; the returned paths are the local copies.
-    """
-    from safetensors.torch import load_file
+    Bundles go to ``<export dir>/<launch stamp>/<suite>__<task>/`` and ``<export dir>/LATEST``
+    (plus a ``latest`` symlink when local) names the newest launch there (see _exports), so a
+    second launch never overwrites the first. A bundle of several final seeds gets its ensemble
+    test accuracy here, once, by evaluating the written bundle on the test split in this process;
+    it is stored in results.json (task ``ensemble_test_acc``, row ``ensemble_test``) and in
+    bundle.json, and reused by later re-exports. ``results``: the launch's results.json content
+    (read from the run dir when omitted), updated in place.
 
-    from vptsearch.search._storage import is_uri, upload
+    An ``s3://`` (or other pyarrow URI) export dir gets the bundles written under
+    ``<run_dir>/export/<stamp>`` first, then copied there; the returned paths are the local copies.
+    """
+    import torch
+
+    from vptsearch.search._exports import check_export_dir, point_latest, point_latest_remote
+    from vptsearch.search._storage import filesystem, is_uri, upload
     from vptsearch.train import get_backbone
 
+    run_dir = Path(run_dir)
     spec = spec_from_dict(read_yaml(run_dir / SPEC_FILE))
-    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    if results is None:
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
     dest = str(out_dir or spec.export_dir)
-    out = run_dir / "export" if is_uri(dest) else Path(dest).resolve()
+    stamp = run_dir.name
+    remote = is_uri(dest)
+    base = run_dir / "export" if remote else check_export_dir(dest)
+    out = base / stamp
     backbone = get_backbone(spec)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = spec.training.precision
+    precision = "bf16" if precision == "bf16" or (precision == "auto" and device == "cuda") else "fp32"
     bundles: dict[str, Path] = {}
+    changed = False
     for task, res in results["tasks"].items():
         if res.get("exported_seed") is None:
             continue
-        weights = res["final"][str(res["exported_seed"])]["weights"]
-        meta = bundle_meta(spec, task, {**res, "launch_id": results["launch_id"]}, backbone)
-        bundles[task] = _bundle.write_bundle(out / _bundle.task_dirname(task), load_file(weights), meta)
+        states = {s: _final_weights(res, s, run_dir) for s in member_seeds(res)}
+        meta = bundle_meta(spec, task, {**res, "launch_id": results["launch_id"], "run_dir": str(run_dir)},
+                           backbone)  # fmt: skip
+        bundles[task] = _bundle.write_bundle(out / _bundle.task_dirname(task), states, meta)
+        if len(states) > 1 and res.get("ensemble_test_acc") is None:
+            if say is not None:
+                say(f"  {task}: testing the {len(states)}-seed ensemble of the written bundle ...")
+            res["ensemble_test_acc"] = _bundle.evaluate_bundle(
+                bundles[task], root=spec.data_root, device=device, precision=precision
+            )
+            changed = True
+        if len(states) > 1:
+            meta["ensemble"]["test_accuracy"] = res["ensemble_test_acc"]
+            _bundle.write_meta(bundles[task], meta)
+        for row in results.get("rows", []):
+            if row["task"] == task:
+                row["ensemble_test"] = res.get("ensemble_test_acc")
         if tracker is not None and parents and task in parents:
+            if res.get("ensemble_test_acc") is not None:
+                tracker.log_metrics(parents[task], {"ensemble_test_acc": res["ensemble_test_acc"]})
             tracker.log_artifact(parents[task], bundles[task], artifact_path="bundle")
-    if is_uri(dest) and bundles:
-        upload(out, dest)
+    where = f"{dest.rstrip('/')}/{stamp}" if remote else str(out)
+    if bundles:
+        if remote:
+            upload(out, f"{dest.rstrip('/')}/{stamp}")
+            fs, path = filesystem(dest)
+            point_latest_remote(fs, path, stamp)
+        else:
+            point_latest(base, stamp)
+        changed = changed or results.get("bundles_dir") != where
+        results["bundles_dir"] = where
+    if changed:  # cached for `vptsearch report` and later re-exports (computed once)
+        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
     return bundles
+
+
+def _final_weights(res: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
+    path = Path(res["final"][str(seed)]["weights"])
+    if not path.is_file():
+        raise DataError(
+            f"final weights {path} of seed {seed} are missing; the launch's {run_dir / 'final'} "
+            f"folder must be kept to export (or rerun `vptsearch launch --resume`)"
+        )
+    return _bundle.read_tensors(path)
 
 
 # --- launch ---------------------------------------------------------------------------------------
@@ -442,7 +517,13 @@ def _run_phases(
         say(f"  MLflow:         {uri} (experiment {spec.experiment!r})")
         say(f"                  browse: `vptsearch ui --tracking-uri {uri}`")
     if dashboard_url:
+        from vptsearch.search import _monitor
+
         say(f"  Ray dashboard:  {dashboard_url}")
+        if _monitor.token_auth_enabled():  # Ray 2.60: the page opens on a token dialog
+            say(f"                  {_monitor.token_hint()}")
+        if not _monitor.joined_cluster():  # a cluster's own Prometheus/Grafana chart it there
+            say("                  metrics charts: `vptsearch monitor` (a local Prometheus, docs/search.md)")
     from vptsearch.search import _cluster
     from vptsearch.search._metrics import MetricsCallback
     from vptsearch.train import get_backbone
@@ -507,6 +588,13 @@ def _run_phases(
 
     # results, bundles, MLflow summary
     out = _collect(spec, tasks, selection, final_states, launch_id)
+    if spec.protocol.probe:  # the frozen-feature reference, once per task, cached across launches
+        from vptsearch.probe import launch_probes
+
+        for task, pr in launch_probes(spec, tasks, say).items():
+            out["tasks"][task]["probe"] = pr
+            row = next(r for r in out["rows"] if r["task"] == task)
+            row.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"])
     (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
     rows = out["rows"]
     bundles = export_bundles(run_dir, tracker=tracker, parents=parents)

@@ -29,9 +29,10 @@ NODE_ENV = {
     "MLFLOW_TRACKING_URI", "VPTSEARCH_STORAGE", "VPTSEARCH_DATA",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3",
 }  # fmt: skip
-# Published on the host, and only on 127.0.0.1: Ray dashboard, Ray client, MLflow, MinIO console.
-PUBLISHED = {8265, 10001, 5000, 9001}
-NEEDS_HEALTHCHECK = {"postgres", "minio", "mlflow", "ray-head", "ray-worker"}
+# Published on the host, and only on 127.0.0.1: Ray dashboard, Ray client, MLflow, MinIO console,
+# Prometheus, Grafana.
+PUBLISHED = {8265, 10001, 5000, 9001, 9090, 3000}
+NEEDS_HEALTHCHECK = {"postgres", "minio", "mlflow", "ray-head", "ray-worker", "prometheus", "grafana"}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN")
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -303,4 +304,63 @@ def kuberay_problems(doc: dict[str, Any]) -> list[str]:
         if spec.get("ttlSecondsAfterFinished") and not spec.get("shutdownAfterJobFinishes"):
             problems.append("RayJob: ttlSecondsAfterFinished only works with shutdownAfterJobFinishes")
         problems += launch_argv_problems(shlex.split(spec["entrypoint"]), "RayJob entrypoint")
+    return problems
+
+
+# ------------------------------------------------------------------------------------- monitoring
+GRAFANA = ROOT / "docker" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "vptsearch.json"
+PROMETHEUS_YML = ROOT / "docker" / "prometheus.yml"
+METRIC = re.compile(r"\bray_vptsearch_[a-z_]+\b")
+
+
+def exported_metrics() -> set[str]:
+    """The Prometheus names of the metrics vptsearch exports (Ray prefixes ``ray_``)."""
+    from vptsearch.search._metrics import NAMES
+
+    return {f"ray_{n}" for n in NAMES.values()}
+
+
+def dashboard_problems(dash: dict[str, Any]) -> list[str]:
+    """Every panel queries Prometheus through ${datasource} and names only exported metrics."""
+    exported = exported_metrics()
+    problems: list[str] = []
+    variables = {v.get("name") for v in dash.get("templating", {}).get("list", [])}
+    if "datasource" not in variables:
+        problems.append("dashboard: no ${datasource} variable")
+    panels = dash.get("panels") or []
+    if not panels:
+        problems.append("dashboard: no panels")
+    for p in panels:
+        title = p.get("title", p.get("id"))
+        if not p.get("targets"):
+            problems.append(f"panel {title!r}: no query")
+        for t in p.get("targets") or []:
+            names = set(METRIC.findall(t.get("expr", "")))
+            if not names:
+                problems.append(f"panel {title!r}: query {t.get('expr')!r} names no vptsearch metric")
+            for n in sorted(names - exported):
+                problems.append(f"panel {title!r}: {n} is not a metric vptsearch exports")
+            if (t.get("datasource") or p.get("datasource") or {}).get("uid") != "${datasource}":
+                problems.append(f"panel {title!r}: query not on the ${{datasource}} variable")
+    return problems
+
+
+def monitoring_problems(services: dict[str, Any]) -> list[str]:
+    """Ray head wired to Prometheus + Grafana; both read the head's /tmp/ray as Ray documents."""
+    problems: list[str] = []
+    env = services.get("ray-head", {}).get("environment") or {}
+    for key, svc in (("RAY_PROMETHEUS_HOST", "prometheus"), ("RAY_GRAFANA_HOST", "grafana")):
+        if not str(env.get(key, "")).startswith(f"http://{svc}:"):
+            problems.append(f"service ray-head: {key} does not point at the {svc} service")
+    if not str(env.get("RAY_GRAFANA_IFRAME_HOST", "")).startswith("http://127.0.0.1:"):
+        problems.append("service ray-head: RAY_GRAFANA_IFRAME_HOST is not the published 127.0.0.1 port")
+    head_vols = services.get("ray-head", {}).get("volumes") or []
+    tmp = next((v.split(":")[0] for v in head_vols if str(v).split(":")[1:2] == ["/tmp/ray"]), None)
+    if tmp is None:
+        problems.append("service ray-head: /tmp/ray is not a shared volume")
+    for name in ("prometheus", "grafana"):
+        vols = services.get(name, {}).get("volumes") or []
+        if f"{tmp}:/tmp/ray:ro" not in vols:
+            problems.append(f"service {name}: does not mount the head's /tmp/ray read-only")
     return problems

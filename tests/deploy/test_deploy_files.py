@@ -293,3 +293,74 @@ def test_k8s_and_compose_agree_on_images_env_and_version():
                 continue
             refs = {next(iter(r.values()))["name"] for r in tpl["spec"]["containers"][0]["envFrom"]}
             assert refs == {cm["metadata"]["name"], secret["metadata"]["name"]}, (kind, group)
+
+
+# ------------------------------------------------------------------------------------- monitoring
+def _dashboard() -> dict:
+    import json
+
+    return json.loads(checks.DASHBOARD.read_text())
+
+
+def test_vptsearch_dashboard_queries_exported_metrics():
+    dash = _dashboard()
+    assert checks.dashboard_problems(dash) == []
+    queried = {n for p in dash["panels"] for t in p["targets"] for n in checks.METRIC.findall(t["expr"])}
+    assert queried == checks.exported_metrics()  # every metric is on a chart
+    titles = " ".join(p["title"] for p in dash["panels"]).lower()
+    for what in ("status", "best val accuracy", "throughput"):
+        assert what in titles
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["panels"][0]["targets"][0].__setitem__("expr", "ray_vptsearch_trials_done"), "not a metric"),
+        (lambda d: d["panels"][0]["targets"][0].__setitem__("expr", "up"), "names no vptsearch metric"),
+        (lambda d: d["panels"][1].__setitem__("targets", []), "no query"),
+        (lambda d: d["panels"][2]["targets"][0].__setitem__("datasource", {"uid": "x"}), "${datasource}"),
+        (lambda d: d["templating"].__setitem__("list", []), "no ${datasource} variable"),
+    ],
+)
+def test_dashboard_checks_catch_breakage(mutate, expected):
+    dash = copy.deepcopy(_dashboard())
+    mutate(dash)
+    assert any(expected in p for p in checks.dashboard_problems(dash))
+
+
+def test_grafana_provisioning_finds_the_dashboards_and_prometheus():
+    doc, _ = _compose()
+    grafana = doc["services"]["grafana"]
+    ds = yaml.safe_load((checks.GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    (source,) = ds["datasources"]
+    assert source["name"] == "Prometheus" and source["url"] == "http://prometheus:9090"  # Ray's default name
+    providers = yaml.safe_load((checks.GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml").read_text())
+    paths = {p["name"]: p["options"]["path"] for p in providers["providers"]}
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert mounts[paths["vptsearch"]] == "./grafana/dashboards" and checks.DASHBOARD.parent.name == "dashboards"
+    assert paths["Ray"].startswith("/tmp/ray/session_latest/metrics/grafana/dashboards")  # where Ray writes them
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+
+
+def test_compose_prometheus_uses_rays_generated_scrape_config():
+    from vptsearch.search._monitor import prometheus_config
+
+    assert yaml.safe_load(checks.PROMETHEUS_YML.read_text()) == prometheus_config("/tmp/ray")
+    doc, _ = _compose()
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in doc["services"]["prometheus"]["volumes"]
+
+
+def test_compose_monitoring_wiring_and_checks_catch_breakage():
+    doc, _ = _compose()
+    assert checks.monitoring_problems(doc["services"]) == []
+    broken = copy.deepcopy(doc["services"])
+    broken["ray-head"]["environment"] = {**broken["ray-head"]["environment"], "RAY_GRAFANA_HOST": "http://x:3000"}
+    broken["prometheus"]["volumes"] = broken["prometheus"]["volumes"][:1]
+    problems = checks.monitoring_problems(broken)
+    assert any("RAY_GRAFANA_HOST" in p for p in problems) and any("prometheus: does not mount" in p for p in problems)
+    assert "GRAFANA_ADMIN_PASSWORD" in checks.env_example_names()
+
+
+def test_monitoring_yaml_lints():
+    for path in (checks.PROMETHEUS_YML, *sorted((checks.GRAFANA / "provisioning").rglob("*.yaml"))):
+        assert checks.yamllint_problems(path.read_text()) == [], path

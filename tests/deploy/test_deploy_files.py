@@ -315,7 +315,7 @@ def test_vptsearch_dashboard_queries_exported_metrics():
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["panels"][0]["targets"][0].__setitem__("expr", "ray_vptsearch_trials_done"), "not a metric"),
+        (lambda d: d["panels"][0]["targets"][0].__setitem__("expr", "ray_vptsearch_x"), "not a metric"),
         (lambda d: d["panels"][0]["targets"][0].__setitem__("expr", "up"), "names no vptsearch metric"),
         (lambda d: d["panels"][1].__setitem__("targets", []), "no query"),
         (lambda d: d["panels"][2]["targets"][0].__setitem__("datasource", {"uid": "x"}), "${datasource}"),
@@ -333,12 +333,15 @@ def test_grafana_provisioning_finds_the_dashboards_and_prometheus():
     grafana = doc["services"]["grafana"]
     ds = yaml.safe_load((checks.GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     (source,) = ds["datasources"]
-    assert source["name"] == "Prometheus" and source["url"] == "http://prometheus:9090"  # Ray's default name
-    providers = yaml.safe_load((checks.GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml").read_text())
+    # "Prometheus": the name Ray's dashboards default their ${datasource} variable to
+    assert source["name"] == "Prometheus" and source["url"] == "http://prometheus:9090"
+    prov = checks.GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml"
+    providers = yaml.safe_load(prov.read_text())
     paths = {p["name"]: p["options"]["path"] for p in providers["providers"]}
     mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
-    assert mounts[paths["vptsearch"]] == "./grafana/dashboards" and checks.DASHBOARD.parent.name == "dashboards"
-    assert paths["Ray"].startswith("/tmp/ray/session_latest/metrics/grafana/dashboards")  # where Ray writes them
+    assert mounts[paths["vptsearch"]] == "./grafana/dashboards"
+    assert checks.DASHBOARD.parent.name == "dashboards"
+    assert paths["Ray"] == "/tmp/ray/session_latest/metrics/grafana/dashboards"  # where Ray writes them
     assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
 
 
@@ -357,7 +360,8 @@ def test_compose_monitoring_wiring_and_checks_catch_breakage():
     broken["ray-head"]["environment"] = {**broken["ray-head"]["environment"], "RAY_GRAFANA_HOST": "http://x:3000"}
     broken["prometheus"]["volumes"] = broken["prometheus"]["volumes"][:1]
     problems = checks.monitoring_problems(broken)
-    assert any("RAY_GRAFANA_HOST" in p for p in problems) and any("prometheus: does not mount" in p for p in problems)
+    assert any("RAY_GRAFANA_HOST" in p for p in problems)
+    assert any("prometheus: does not mount" in p for p in problems)
     assert "GRAFANA_ADMIN_PASSWORD" in checks.env_example_names()
 
 

@@ -368,3 +368,37 @@ def test_compose_monitoring_wiring_and_checks_catch_breakage():
 def test_monitoring_yaml_lints():
     for path in (checks.PROMETHEUS_YML, *sorted((checks.GRAFANA / "provisioning").rglob("*.yaml"))):
         assert checks.yamllint_problems(path.read_text()) == [], path
+
+
+def test_k8s_monitoring_is_wired_to_the_ray_pods_and_the_head():
+    docs = checks.k8s_docs()["monitoring.yaml"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    urls = {f"http://{n}:{s['spec']['ports'][0]['port']}" for n, s in services.items()}
+    prom = yaml.safe_load(next(d for d in docs if d["metadata"]["name"] == "vptsearch-prometheus"
+                               and d["kind"] == "ConfigMap")["data"]["prometheus.yml"])  # fmt: skip
+    keep = {r["source_labels"][0]: r["regex"] for r in prom["scrape_configs"][0]["relabel_configs"]
+            if r.get("action") == "keep"}  # fmt: skip
+    for kind in ("RayCluster", "RayJob"):
+        templates = {g: t for g, t in checks.pod_templates(_k8s(kind)).items() if g != "submitter"}
+        for group, tpl in templates.items():  # every Ray pod is a scrape target on its metrics port
+            label = tpl["metadata"]["labels"]["app.kubernetes.io/name"]
+            assert re.fullmatch(keep["__meta_kubernetes_pod_label_app_kubernetes_io_name"], label), group
+            ports = {p["name"] for p in tpl["spec"]["containers"][0]["ports"]}
+            assert keep["__meta_kubernetes_pod_container_port_name"] in ports, (kind, group)
+        env = {e["name"]: e["value"] for e in templates["head"]["spec"]["containers"][0]["env"]}
+        assert {env["RAY_PROMETHEUS_HOST"], env["RAY_GRAFANA_HOST"]} <= urls
+        assert env["RAY_GRAFANA_IFRAME_HOST"].startswith("http://127.0.0.1:")
+    prov = next(d for d in docs if d["metadata"]["name"] == "vptsearch-grafana-provisioning")
+    assert yaml.safe_load(prov["data"]["datasources.yaml"])["datasources"][0]["url"] in urls
+    grafana = next(d for d in docs if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] == "vptsearch-grafana")  # fmt: skip
+    cm = next(v["configMap"]["name"] for v in grafana["spec"]["template"]["spec"]["volumes"]
+              if v["name"] == "vptsearch-dashboard")  # fmt: skip
+    header = (checks.K8S / "monitoring.yaml").read_text()
+    made = re.search(rf"kubectl create configmap {cm} --from-file=(\S+)", header)
+    assert made and (ROOT / made.group(1)) == checks.DASHBOARD
+    (init,) = grafana["spec"]["template"]["spec"]["initContainers"]
+    from vptsearch.cli import build_parser
+
+    ns = build_parser().parse_args(init["command"][1:])
+    assert ns.grafana_dashboards == init["volumeMounts"][0]["mountPath"]

@@ -8,6 +8,7 @@ import shutil
 import socket
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,14 @@ def test_prometheus_reads_the_launch_metrics(base_raw, tmp_path) -> None:
                 break
             time.sleep(2)
         assert got == pytest.approx(want)
+
+        # The Grafana dashboard's queries are valid PromQL and chart this launch.
+        board = Path(__file__).parents[2] / "docker" / "grafana" / "dashboards" / "vptsearch.json"
+        dash = json.loads(board.read_text())
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                rows = _monitor.query(prom.url, target["expr"].replace("$task", ".+"))
+                assert rows, (panel["title"], target["expr"])
     finally:
         _monitor.stop(prom.pid)
         ray.shutdown()

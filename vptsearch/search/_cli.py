@@ -41,13 +41,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="re-export the bundles of a finished launch")
     _run_args(p)
-    p.add_argument("--out", help="export folder (default: the space's export.dir)")
+    p.add_argument("--out", help="export folder or s3://BUCKET/PREFIX (default: the space's export.dir); "
+                   "bundles go to OUT/<launch stamp>/<suite>__<task>, OUT/latest is the newest")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="classify images with an exported bundle")
-    p.add_argument("--bundle", required=True, help="bundle folder (bundle.json + prompts.safetensors)")
+    p.add_argument("--bundle", required=True,
+                   help="bundle folder (bundle.json + prompts.safetensors), e.g. "
+                        "exports/<space>/latest/<suite>__<task>")  # fmt: skip
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=1, help="print the K most probable classes per image")
+    p.add_argument("--seed", type=int,
+                   help="use this final seed's prompts only (default: the ensemble of the bundle's seeds)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--no-verify", action="store_true", help="skip the backbone sha256 check")
     p.set_defaults(func=cmd_predict)
@@ -159,24 +164,36 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from vptsearch.search import export_bundles
 
-    bundles = export_bundles(_run_dir(args), args.out)
+    run_dir = _run_dir(args)
+    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
+    bundles = export_bundles(run_dir, args.out, results=results, say=print)
     for task, path in bundles.items():
         print(f"{task}\t{path}")
     if not bundles:
         print("no task of this launch has a finished final phase to export", file=sys.stderr)
         return 1
+    where = results["bundles_dir"]
+    print(f"bundles of {run_dir.name}: {where}; the newest launch's: {where.rsplit('/', 1)[0]}/latest")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Good images are printed (top-k lines each, or one JSON line), each bad one is one error line
+    on stderr, and the exit status is 2 if any failed."""
     from vptsearch.search import predict
 
-    for p in predict(args.bundle, args.images, verify=not args.no_verify, top_k=args.top_k):
-        if args.json:
+    failed = 0
+    for p in predict(args.bundle, args.images, verify=not args.no_verify, top_k=args.top_k,
+                     seed=args.seed, errors="collect"):  # fmt: skip
+        if "error" in p:
+            failed += 1
+            print(f"vptsearch: error: {p['error']}", file=sys.stderr)
+        elif args.json:
             print(json.dumps(p))
         else:
-            print(f"{p['image']}\t{p['class_name']}\t{p['prob']:.4f}")
-    return 0
+            for name, prob in p["top"]:
+                print(f"{p['image']}\t{name}\t{prob:.4f}")
+    return 2 if failed else 0
 
 
 # --- ui -------------------------------------------------------------------------------------------

@@ -274,10 +274,9 @@ def bundle_meta(spec: SearchSpec, task: str, results: dict[str, Any], backbone: 
     name = str(Path(b.name).resolve()) if Path(b.name).is_file() else b.name
     exported = results["exported_seed"]
     seeds = member_seeds(results)
-    members = [
-        {"seed": s, "file": _bundle.member_file(s, s == exported), "test_accuracy": results["test_accs"][str(s)]}
-        for s in seeds
-    ]
+    accs = results["test_accs"]
+    members = [{"seed": s, "file": _bundle.member_file(s, s == exported), "test_accuracy": accs[str(s)]}
+               for s in seeds]  # fmt: skip
     options = model_options(cfg, spec)
     return {
         "task": task,
@@ -406,6 +405,15 @@ def export_bundles(
     if changed:  # cached for `vptsearch report` and later re-exports (computed once)
         (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
     return bundles
+
+
+def _bundles_line(results: dict[str, Any], n: int) -> str:
+    """Where this launch's bundles are, and the ``latest`` path that reaches them (see _exports)."""
+    where = results.get("bundles_dir")
+    if not where:
+        return f"bundles: none ({n} task(s) exported)"
+    latest = where.rsplit("/", 1)[0] + "/latest"
+    return f"bundles: {where}  ({n} task(s)); newest launch: {latest}/<suite>__<task>"
 
 
 def _final_weights(res: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
@@ -597,7 +605,8 @@ def _run_phases(
             row.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"])
     (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
     rows = out["rows"]
-    bundles = export_bundles(run_dir, tracker=tracker, parents=parents)
+    # also adds each task's ensemble test accuracy to `out` (rows included) and rewrites results.json
+    bundles = export_bundles(run_dir, tracker=tracker, parents=parents, results=out, say=say)
     _log_tasks(tracker, parents, out)
     trials = [dataclasses.asdict(r) for r in records]
     art = run_dir / "report"
@@ -609,10 +618,7 @@ def _run_phases(
     tracker.log_metrics(launch_run, {"wall_seconds": seconds, "tasks": len(tasks), "trials": len(records)})
     tracker.end(launch_run)
     say(_report.markdown_table(rows))
-    from vptsearch.search._storage import is_uri
-
-    where = spec.export_dir if is_uri(spec.export_dir) else Path(spec.export_dir).resolve()
-    say(f"bundles: {where}  ({len(bundles)} task(s))")
+    say(_bundles_line(out, len(bundles)))
     say(f"summary: {art / 'summary.md'}   wall time {seconds:.0f} s")
     return LaunchSummary(launch_id, run_dir, uri, spec.experiment, rows, bundles, dashboard_url, seconds)
 

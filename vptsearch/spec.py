@@ -183,6 +183,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class ProtocolConfig:
     final_seeds: tuple[int, ...] = (0, 1, 2)
+    probe: bool = True  # the frozen-feature probe reference per task, in the driver (vptsearch.probe)
 
 
 @dataclass(frozen=True)

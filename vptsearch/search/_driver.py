@@ -26,6 +26,7 @@ from vptsearch.search._tracking import (
     Tracker,
     artifact_location,
     check_tracking_uri,
+    task_outcome,
     tracking_uri_for,
 )
 from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict, trial_defaults
@@ -694,6 +695,9 @@ def _log_tasks(tracker: Tracker, parents: dict[str, str], out: dict[str, Any]) -
     for task, res in out["tasks"].items():
         run_id = parents[task]
         best = res["best"]
+        # the runs list shows names: the task run's name and description carry its outcome
+        name, note = task_outcome(task, res)
+        tracker.set_tags(run_id, {"mlflow.runName": name, "mlflow.note.content": note})
         if best is None:
             tracker.set_tags(run_id, {PREFIX + "status": "no completed trial"})
             tracker.end(run_id, "FAILED")
@@ -718,6 +722,8 @@ def _log_tasks(tracker: Tracker, parents: dict[str, str], out: dict[str, Any]) -
         }
         if res["test_accs"]:
             metrics.update(test_mean=res["test_mean"], test_std=res["test_std"])
+        if res.get("probe"):
+            metrics.update(probe_val_acc=res["probe"]["val_acc"], probe_test_acc=res["probe"]["test_acc"])
         tracker.log_metrics(run_id, metrics)
         tracker.end(run_id)
 

@@ -16,6 +16,9 @@ SUMMARY_COLUMNS = (
     "val_acc",
     "test_mean",
     "test_std",
+    "ensemble_test",  # the final seeds' prompt ensemble (mean logits) on test, None for one seed
+    "probe_val",  # the frozen-feature probe reference (vptsearch.probe), None when skipped
+    "probe_test",
     "completed",
     "pruned",
     "diverged",
@@ -49,7 +52,9 @@ def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ["task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "trials c/p/d/f"]
+    head = ["task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "ensemble test",
+            "probe val / test",
+            "trials c/p/d/f"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         test = (
@@ -60,6 +65,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         tuned = "-" if r.get("tuned_percent") is None else f"{r['tuned_percent']:.3f}"
         val = "-" if r.get("val_acc") is None else f"{100 * r['val_acc']:.2f}"
         counts = "/".join(str(r.get(k, 0)) for k in ("completed", "pruned", "diverged", "failed"))
+        probe = (
+            "-"
+            if r.get("probe_test") is None
+            else f"{100 * r['probe_val']:.2f} / {100 * r['probe_test']:.2f}"
+        )
+        ens = "-" if r.get("ensemble_test") is None else f"{100 * r['ensemble_test']:.2f}"
         cells = [
             r["task"],
             r["group"],
@@ -69,6 +80,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             tuned,
             val,
             test,
+            ens,
+            probe,
             counts,
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")

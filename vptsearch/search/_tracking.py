@@ -274,6 +274,46 @@ class Tracker:
         )
 
 
+def _pct(v: Any) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def task_outcome(task: str, res: dict[str, Any]) -> tuple[str, str]:
+    """The task run's name and description (``mlflow.note.content``) once the launch is done.
+
+    MLflow's runs list shows names, not tags: the name carries the winner so a newcomer reads each
+    task's outcome without adding columns, e.g.
+    ``mini/digits · vpt p=10 spt-mean · test 82.3 ± 1.2 · probe 89.3``.
+    """
+    best, probe = res.get("best"), res.get("probe")
+    if best is None:
+        return f"{task} · no completed trial", f"**{task}**: no search trial completed its epochs."
+    cfg = best["config"]
+    method = cfg.get("method", "vpt")
+    what = method
+    if "prompt.length" in cfg:
+        what = f"{method} p={cfg['prompt.length']} {cfg.get('prompt.init', '')}"
+    test = "test -" if not res.get("test_accs") else (
+        f"test {_pct(res['test_mean'])} ± {_pct(res['test_std'])}"
+    )  # fmt: skip
+    parts = [task, what.strip(), test] + ([f"probe {_pct(probe['test_acc'])}"] if probe else [])
+    settings = ", ".join(
+        f"{k.split('.')[-1]} {cfg[k]}" for k in ("prompt.depth", "prompt.length", "prompt.init",
+                                                 "optim.base_lr", "optim.weight_decay") if k in cfg
+    )  # fmt: skip
+    lines = [
+        f"**Winner** (trial {best['trial_id']}): {method}{f', {settings}' if settings else ''}",
+        f"**Val** {_pct(best['val_acc'])} % · **{test.replace('test', 'Test')} %** over seeds "
+        f"{', '.join(map(str, res.get('test_accs', {}))) or '-'}",
+    ]
+    if probe:
+        lines.append(
+            f"**Probe** (standardised logistic regression on the frozen features, C={probe['C']:g}): "
+            f"val {_pct(probe['val_acc'])} %, test {_pct(probe['test_acc'])} %"
+        )
+    return " · ".join(parts), "\n\n".join(lines)
+
+
 _OPEN: dict[str, Tracker] = {}  # run dir -> its launch's Tracker (restored callbacks find it here)
 
 

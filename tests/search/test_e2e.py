@@ -144,7 +144,9 @@ def test_bundles_reload_and_reproduce_test_accuracy(launched, mini_root, tmp_pat
         w = load_file(str(d / "prompts.safetensors"))
         assert w["prompt_tokens"].shape == (3, meta["prompt"]["length"], 32)
         assert w["head.weight"].shape == (meta["num_classes"], 32)
-        assert evaluate_bundle(d, root=str(mini_root)) == pytest.approx(meta["test_accuracy"], abs=1e-9)
+        seed = meta["exported_seed"]
+        acc = evaluate_bundle(d, root=str(mini_root), seed=seed)
+        assert acc == pytest.approx(meta["test_accuracy"], abs=1e-9)
 
     # predict from the CLI on two test images of digits
     from PIL import Image
@@ -188,7 +190,7 @@ def test_report_and_reexport_cli(launched, tmp_path, capsys) -> None:
     assert "mini/digits" in out and "best val per init strategy" in out
     assert main(["export", "--run-dir", str(summary.run_dir), "--out", str(tmp_path / "re")]) == 0
     for d in summary.bundles.values():
-        again = tmp_path / "re" / d.name
+        again = tmp_path / "re" / d.parent.name / d.name
         a, b = load_file(str(d / "prompts.safetensors")), load_file(str(again / "prompts.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -201,7 +203,7 @@ def test_quickstart_space_smoke_with_shipped_backbone(tmp_path, monkeypatch) -> 
     monkeypatch.setenv("VPTSEARCH_DATA", str(tmp_path / "shards"))
     monkeypatch.chdir(tmp_path)
     assert main(["launch", "--space", str(space), "--smoke", "--no-dashboard"]) == 0
-    bundles = sorted((tmp_path / "exports" / "mini_deep").iterdir())
+    bundles = sorted((tmp_path / "exports" / "mini_deep" / "latest").iterdir())
     assert [b.name for b in bundles] == ["mini__digits", "mini__dsprites_loc", "mini__textures"]
     meta = json.loads((bundles[0] / "bundle.json").read_text())
     assert meta["backbone"]["name"] == "vptsearch-tiny-sup" and meta["backbone"]["source"] == "shipped"

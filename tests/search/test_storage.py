@@ -149,8 +149,10 @@ def test_launch_keeps_tune_state_in_s3_and_resumes_from_it(s3_env, base_raw, tmp
         assert any(k.startswith(f"{root}/{phase}/experiment_state") for k in keys), keys
         assert any(f"{root}/{phase}/" in k and "/checkpoint_" in k and k.endswith("/state.pt") for k in keys)
     assert not (first.run_dir / "ray").exists()  # nothing of Tune's in the local run dir
+    listing = _listing(f"{BUCKET}/exports")
     for task in TASKS:
-        assert f"{BUCKET}/exports/{task.replace('/', '__')}/bundle.json" in _listing(f"{BUCKET}/exports")
+        assert f"{BUCKET}/exports/{first.run_dir.name}/{task.replace('/', '__')}/bundle.json" in listing
+    assert f"{BUCKET}/exports/LATEST" in listing
     runs_before = _trial_runs(tmp_path / "mlflow.db")
 
     # --resume without --storage: the saved spec points at the bucket; both experiments are

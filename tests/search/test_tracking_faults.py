@@ -254,7 +254,7 @@ def test_server_killed_mid_launch_then_sync(base_raw, tmp_path) -> None:
     assert m is not None and int(m[1]) > 0 and m[2] == uri, text[-3000:]
     run_dir = Path(m[3])
     results = json.loads((run_dir / "results.json").read_text())  # nothing lost on disk
-    assert (tmp_path / "exports" / "mini__digits" / "prompts.safetensors").is_file()
+    assert (tmp_path / "exports" / run_dir.name / "mini__digits" / "prompts.safetensors").is_file()
     assert unsynced(run_dir, uri) == int(m[1])
 
     server = start_mlflow_server(root, port)  # back, same port and backend

@@ -27,7 +27,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def probe_key(
     image_size: int,
     c_grid: Sequence[float],
     max_iter: int,
-    splits: dict[str, Sequence[str]],
+    splits: Mapping[str, Sequence[str]],
 ) -> dict[str, Any]:
     """Everything a cached result depends on (compared in full when a cache file is read)."""
     return {

@@ -29,10 +29,10 @@ def test_probe_matches_sklearn_on_the_same_features_and_is_cached(sup, mini_root
     def feats(split):
         loader = make_loader("mini/digits", split, root=mini_root, batch_size=128, image_size=32,
                              mean=sup.mean, std=sup.std, train=False)  # fmt: skip
-        xs, ys = zip(*[(model.forward_features(x).detach().numpy(), y.numpy()) for x, y in loader])
         import numpy as np
 
-        return np.concatenate(xs), np.concatenate(ys)
+        pairs = [(model.forward_features(x).detach().numpy(), y.numpy()) for x, y in loader]
+        return np.concatenate([f for f, _ in pairs]), np.concatenate([y for _, y in pairs])
 
     def acc(fit, score, c):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(*feats(fit))

@@ -173,12 +173,13 @@ def test_bundles_reload_and_reproduce_test_accuracy(launched, mini_root, tmp_pat
     assert len(out) == 2 and out[0].startswith(paths[0])
 
     # a different backbone file is refused
+    import shutil
+
     bad = tmp_path / "bad"
-    bad.mkdir()
+    shutil.copytree(bundle, bad)  # every seed's file
     meta = json.loads((bundle / "bundle.json").read_text())
     meta["backbone"]["sha256"] = "0" * 64
     (bad / "bundle.json").write_text(json.dumps(meta))
-    (bad / "prompts.safetensors").write_bytes((bundle / "prompts.safetensors").read_bytes())
     assert main(["predict", "--bundle", str(bad), paths[0]]) == 2
     assert "sha256" in capsys.readouterr().err
 

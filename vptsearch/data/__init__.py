@@ -44,7 +44,12 @@ _LAZY = {
     "build_mini": "_mini",
     "import_fgvc": "_importers",
     "import_folder": "_importers",
-    "import_vtab": "_importers",
+    "import_vtab": "_import_lists",
+    "import_lists": "_import_lists",
+    "disk_tasks": "_manifest",
+    "verify_task": "_verify",
+    "verify_tasks": "_verify",
+    "Verified": "_verify",
     "import_vtab_tfds": "_tfds",
 }
 
@@ -57,13 +62,16 @@ __all__ = [
     "ShardInfo",
     "StreamingLoader",
     "TaskInfo",
+    "Verified",
     "build_mini",
     "built_tasks",
     "clear_cache",
     "data_root",
+    "disk_tasks",
     "get_task",
     "import_fgvc",
     "import_folder",
+    "import_lists",
     "import_vtab",
     "import_vtab_tfds",
     "list_tasks",
@@ -75,13 +83,16 @@ __all__ = [
     "resolve_tasks",
     "shard_urls",
     "suites",
+    "verify_task",
+    "verify_tasks",
     "write_task",
 ]
 
 if TYPE_CHECKING:
-    from vptsearch.data._importers import import_fgvc, import_folder, import_vtab
+    from vptsearch.data._import_lists import import_lists, import_vtab
+    from vptsearch.data._importers import import_fgvc, import_folder
     from vptsearch.data._loader import InMemoryLoader, StreamingLoader, make_loader
-    from vptsearch.data._manifest import Manifest, ShardInfo, built_tasks, read_manifest
+    from vptsearch.data._manifest import Manifest, ShardInfo, built_tasks, disk_tasks, read_manifest
     from vptsearch.data._mini import MINI_SOURCES, build_mini
     from vptsearch.data._reader import clear_cache, load_split, make_webdataset, shard_urls
     from vptsearch.data._tasks import (
@@ -95,6 +106,7 @@ if TYPE_CHECKING:
         suites,
     )
     from vptsearch.data._tfds import import_vtab_tfds
+    from vptsearch.data._verify import Verified, verify_task, verify_tasks
     from vptsearch.data._writer import Sample, write_task
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -11,6 +12,19 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 _PNG_LEVEL = 6  # fixed zlib level, no optimize pass, no metadata chunks: same pixels, same bytes
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
+# What Pillow raises on bytes that are not a (safe) image: besides OSError/SyntaxError, corrupt
+# streams surface as ValueError, struct.error, EOFError or IndexError from its plugins, and
+# decompression bombs as DecompressionBombError (a plain Exception subclass).
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -33,8 +47,8 @@ def decode_image(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return np.array(img.convert("RGB"))  # writable: torch.from_numpy needs it
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"not a decodable image ({exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
 
 
 def normalise_encoded(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
@@ -52,8 +66,8 @@ def normalise_encoded(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
             if fmt == "JPEG" and img.mode in ("RGB", "L"):
                 return data, "jpg", size
             rgb = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"not a decodable image ({exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
     return encode_png(rgb), "png", size
 
 
@@ -67,8 +81,8 @@ def resized_jpeg(data: bytes, size: int) -> bytes:
     try:
         with Image.open(io.BytesIO(data)) as src:
             img = src.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"not a decodable image ({exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=95, subsampling=0, optimize=False)
     return buf.getvalue()

@@ -1,7 +1,6 @@
 """Importers for the layouts users arrive with.
 
-- VTAB-1k extracted folders: ``<src>/<task>/`` with images and ``train800.txt``, ``val200.txt``,
-  ``train800val200.txt``, ``test.txt`` listing ``relative/path label`` per line.
+- VTAB-1k extracted folders and plain train/val/test lists: see :mod:`vptsearch.data._import_lists`.
 - FGVC in the VPT json layout: ``train.json``, ``val.json`` (optional: else a seeded 90/10 split of
   train), ``test.json`` mapping image path -> label.
 - A generic image folder (one sub-folder per class) with a seeded VTAB-style 800/200/test split.
@@ -16,19 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from vptsearch._errors import ConfigError, DataError, unknown
+from vptsearch._errors import DataError, unknown
 from vptsearch.data._codec import resized_jpeg, safe_key
-from vptsearch.data._tasks import VTAB_SPLITS, TaskInfo, get_task, list_tasks
-from vptsearch.data._writer import Sample, write_task
+from vptsearch.data._import_lists import target_name
+from vptsearch.data._manifest import MANIFEST
+from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo, data_root, get_task, list_tasks
+from vptsearch.data._writer import Sample, already_built, write_task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-# folder names used by the common VTAB-1k extraction (e.g. NOAH / VPT releases) -> our task names
-VTAB_FOLDER_ALIASES = {"cifar": "cifar100"}
 
 
 def _sha256(path: Path) -> str:
@@ -46,94 +46,6 @@ def _sample(path: Path, key: str, label: int, resize: int | None) -> Sample:
         except ValueError as exc:
             raise DataError(f"image {path} does not decode: {exc}") from None
     return Sample(safe_key(key), data, label, source=str(path))
-
-
-# --- VTAB-1k folders -----------------------------------------------------------------------------
-
-
-def _read_list(path: Path) -> list[tuple[str, int]]:
-    if not path.is_file():
-        raise DataError(
-            f"missing split list {path}; a VTAB-1k task folder needs "
-            f"{', '.join(s + '.txt' for s in VTAB_SPLITS)}"
-        )
-    entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        try:
-            entries.append((parts[0], int(parts[1])))
-        except (IndexError, ValueError):
-            raise DataError(
-                f"{path}:{lineno}: expected '<image path> <integer label>', got {line.strip()!r}"
-            ) from None
-    return entries
-
-
-def _vtab_task_for(folder: Path) -> str | None:
-    name = VTAB_FOLDER_ALIASES.get(folder.name, folder.name)
-    return f"vtab1k/{name}" if f"vtab1k/{name}" in list_tasks("vtab1k") else None
-
-
-def import_vtab(
-    src: str | os.PathLike,
-    tasks: Sequence[str] | None = None,
-    *,
-    root: str | os.PathLike | None = None,
-    resize: int | None = None,
-) -> list[str]:
-    """Import VTAB-1k tasks from extracted folders (``src`` holds task folders, or is one)."""
-    src = Path(src).expanduser()
-    if not src.is_dir():
-        raise DataError(f"VTAB-1k source folder {src} does not exist")
-    if (src / "train800.txt").is_file():  # a single task folder
-        name = _vtab_task_for(src)
-        if tasks and len(tasks) == 1:
-            name = get_task(tasks[0] if "/" in tasks[0] else f"vtab1k/{tasks[0]}").name
-        if name is None:
-            raise ConfigError(f"cannot tell which VTAB-1k task {src} holds; pass --tasks <name>")
-        folders = {name: src}
-    else:
-        folders = {t: f for f in sorted(src.iterdir()) if f.is_dir() and (t := _vtab_task_for(f))}
-        if tasks:
-            wanted = [get_task(t if "/" in t else f"vtab1k/{t}").name for t in tasks]
-            for t in wanted:
-                if t not in folders:
-                    raise DataError(
-                        f"no folder for {t!r} in {src}; found: {', '.join(sorted(folders)) or 'none'}"
-                    )
-            folders = {t: folders[t] for t in wanted}
-        if not folders:
-            raise DataError(
-                f"no VTAB-1k task folders in {src}; expected sub-folders like dtd/, cifar/ with train800.txt"
-            )
-    done = []
-    for name, folder in folders.items():
-        info = get_task(name)
-        lists = {split: _read_list(folder / f"{split}.txt") for split in VTAB_SPLITS}
-        splits = {
-            split: (
-                _sample(folder / rel, Path(rel).with_suffix("").as_posix(), label, resize)
-                for rel, label in entries
-            )
-            for split, entries in lists.items()
-        }
-        params = {
-            "source": str(folder.resolve()),
-            "resize": resize,
-            "lists_sha256": {s: _sha256(folder / f"{s}.txt") for s in VTAB_SPLITS},
-        }
-        write_task(
-            info,
-            splits,
-            class_names=[str(i) for i in range(info.num_classes)],
-            builder="import-vtab",
-            params=params,
-            root=root,
-        )
-        done.append(name)
-    return done
 
 
 # --- FGVC json -----------------------------------------------------------------------------------
@@ -187,12 +99,17 @@ def import_fgvc(
     val_fraction: float = 0.1,
     seed: int = 0,
     resize: int | None = None,
+    overwrite: bool = False,
 ) -> str:
-    """Import an FGVC task from the VPT json layout; without ``val.json`` a seeded 90/10 split of train."""
+    """Import an FGVC task from the VPT json layout; without ``val.json`` a seeded 90/10 split of train.
+
+    An already built task is replaced only with ``overwrite=True``.
+    """
     name = task if "/" in task else f"fgvc/{task}"
     if name not in list_tasks("fgvc"):
         raise unknown("FGVC task", task, [t.split("/", 1)[1] for t in list_tasks("fgvc")])
     info = get_task(name)
+    _refuse_rebuild(info.name, root, overwrite)
     src = Path(src).expanduser()
     if not (src / "train.json").is_file() or not (src / "test.json").is_file():
         raise DataError(
@@ -237,8 +154,52 @@ def import_fgvc(
         builder="import-fgvc",
         params=params,
         root=root,
+        overwrite=overwrite,
     )
     return info.name
+
+
+def _refuse_rebuild(name: str, root: str | os.PathLike | None, overwrite: bool) -> None:
+    """Checked before any image is read: replacing a built task takes ``--overwrite``."""
+    base = data_root(root)
+    if not overwrite and not isinstance(base, str) and (base / name / MANIFEST).exists():
+        raise already_built(name, base / name)
+
+
+def class_folder_order(names: list[str], src: Path) -> list[str]:
+    """Class folders in label order: numerically when all are numbers, else as text.
+
+    Text order puts ``10`` before ``2``; a mix of numbers and words, or names whose numbers would
+    sort differently as text (``class2``, ``class10``), are refused rather than guessed.
+    """
+    if all(n.isdigit() for n in names):
+        by_value: dict[int, list[str]] = {}
+        for n in names:
+            by_value.setdefault(int(n), []).append(n)
+        clash = next((v for v in by_value.values() if len(v) > 1), None)
+        if clash:
+            raise DataError(
+                f"class folders {clash[0]!r} and {clash[1]!r} in {src} are the same number; "
+                "accepted: distinct numbers (labels follow their numeric order) or names"
+            )
+        return sorted(names, key=int)
+    numeric = [n for n in names if n.isdigit()]
+    if numeric:
+        word = next(n for n in names if not n.isdigit())
+        raise DataError(
+            f"class folders in {src} mix numbers ({numeric[0]!r}) and names ({word!r}), so their label "
+            "order is ambiguous; accepted: all numbers (sorted numerically) or all names (sorted as text)"
+        )
+    as_text = sorted(names)
+    natural = sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+    if natural != as_text:
+        i = next(i for i, (a, b) in enumerate(zip(as_text, natural, strict=True)) if a != b)
+        raise DataError(
+            f"class folders {as_text[i]!r} and {natural[i]!r} in {src} sort differently as text and by "
+            "their numbers, so their label order is ambiguous; accepted: zero-padded numbers "
+            "(class02, class10) or plain numbers (2, 10)"
+        )
+    return as_text
 
 
 # --- generic image folder ------------------------------------------------------------------------
@@ -253,17 +214,22 @@ def import_folder(
     n_train: int = 800,
     n_val: int = 200,
     resize: int | None = None,
+    overwrite: bool = False,
 ) -> str:
     """Import ``src/<class>/<image>`` as a VTAB-shaped task: seeded train800 / val200 / test (the rest).
 
     With fewer than ``2 * (n_train + n_val)`` images, train+val shrinks to half of them (80/20).
+    Labels follow :func:`class_folder_order`. A built task is replaced only with ``overwrite=True``.
     """
     src = Path(src).expanduser()
     if not src.is_dir():
         raise DataError(f"image folder {src} does not exist")
     if "/" not in task:
-        task = f"custom/{task}"
-    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+        task = f"{CUSTOM_SUITE}/{task}"
+    _refuse_rebuild(task, root, overwrite)
+    classes = class_folder_order(
+        [p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")], src
+    )
     if len(classes) < 2:
         raise DataError(f"image folder {src} needs at least 2 class sub-folders, found {len(classes)}")
     files = [
@@ -274,13 +240,14 @@ def import_folder(
         raise DataError(
             f"image folder {src} has {len(files)} images; at least 10 are needed for train/val/test"
         )
-    try:
-        info = get_task(task)
+    if task in TASKS:
+        info = TASKS.get(task)
         if info.num_classes != len(classes):
             raise DataError(
                 f"task {task!r} has {info.num_classes} classes but {src} has {len(classes)} class folders"
             )
-    except ConfigError:
+    else:
+        target_name(task)  # a new name inside vtab1k/, fgvc/ or mini/ is refused
         suite = task.split("/", 1)[0]
         info = TaskInfo(
             name=task,
@@ -312,5 +279,13 @@ def import_folder(
         "n_val": n_tv - n_tr,
         "resize": resize,
     }
-    write_task(info, splits, class_names=classes, builder="import-folder", params=params, root=root)
+    write_task(
+        info,
+        splits,
+        class_names=classes,
+        builder="import-folder",
+        params=params,
+        root=root,
+        overwrite=overwrite,
+    )
     return info.name

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vptsearch._errors import DataError, unknown
-from vptsearch.data._tasks import TASKS, TaskInfo, data_root, get_task, hint_for, task_dir
+from vptsearch.data._tasks import (
+    GROUPS,
+    PREPROCESSING,
+    TASKS,
+    TaskInfo,
+    data_root,
+    get_task,
+    hint_for,
+    task_dir,
+)
 
 MANIFEST = "manifest.parquet"
 FORMAT_VERSION = 1
@@ -137,81 +148,217 @@ def _fetch(url: str) -> bytes:
     return out.stdout
 
 
-def _parse(data: bytes | Path, location: Path | str) -> Manifest:
+def _bad(location: Path | str, why: str) -> DataError:
+    return DataError(
+        f"manifest {location}/{MANIFEST} is not a vptsearch manifest ({why}); "
+        "accepted: a manifest.parquet written by `vptsearch data ...`; rebuild or re-import the task"
+    )
+
+
+def _field(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], location: Path | str) -> Any:
+    """``meta[key]`` checked against ``kind``: hand-edited or foreign manifests fail in one line."""
+    if key not in meta:
+        raise _bad(location, f"its metadata lacks {key!r}")
+    value = meta[key]
+    if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
+        raise _bad(location, f"{key!r} is {value!r}")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise _bad(location, f"{key!r} must be a list of strings, got {value!r}")
+    return value
+
+
+def _task_info(meta: Mapping[str, Any], location: Path | str) -> TaskInfo:
+    name = _field(meta, "task", str, location)
+    if name in TASKS:
+        return get_task(name)
+    suite = _field(meta, "suite", str, location)
+    num_classes = _field(meta, "num_classes", int, location)
+    splits = tuple(_field(meta, "splits", list, location))
+    search = tuple(_field(meta, "search_splits", list, location))
+    final = tuple(_field(meta, "final_splits", list, location))
+    group = _field(meta, "group", str, location)
+    preprocessing = _field(meta, "preprocessing", str, location)
+    if name != f"{suite}/{name.split('/', 1)[-1]}" or num_classes < 2:
+        raise _bad(location, f"task {name!r} of suite {suite!r} with {num_classes} classes")
+    if len(search) != 2 or len(final) != 2 or not set(search + final) <= set(splits):
+        raise _bad(
+            location, f"search splits {list(search)} / final splits {list(final)} not in {list(splits)}"
+        )
+    if group not in GROUPS or preprocessing not in PREPROCESSING:
+        raise _bad(location, f"group {group!r} / preprocessing {preprocessing!r}")
+    return TaskInfo(
+        name=name,
+        suite=suite,
+        group=group,
+        num_classes=num_classes,
+        splits=splits,
+        search_splits=(search[0], search[1]),
+        final_splits=(final[0], final[1]),
+        preprocessing=preprocessing,
+        build_hint=str(meta.get("build_hint", "")),
+        description=str(meta.get("description", "")),
+    )
+
+
+# A shard name is a plain file name in the task folder: never a path that leaves it.
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+
+
+def _parse(data: bytes | Path, location: Path | str, expected: str | None = None) -> Manifest:
     try:
         table = pq.read_table(data if isinstance(data, Path) else io.BytesIO(data))
         meta = json.loads((table.schema.metadata or {})[_META_KEY])
-    except (pa.ArrowException, KeyError, ValueError, OSError) as exc:
-        raise DataError(f"manifest {location}/{MANIFEST} is not a vptsearch manifest: {exc}") from None
-    registered = meta["task"] in TASKS
-    info = (
-        get_task(meta["task"])
-        if registered
-        else TaskInfo(
-            name=meta["task"],
-            suite=meta["suite"],
-            group=meta["group"],
-            num_classes=int(meta["num_classes"]),
-            splits=tuple(meta["splits"]),
-            search_splits=tuple(meta["search_splits"]),
-            final_splits=tuple(meta["final_splits"]),
-            preprocessing=meta["preprocessing"],
-            build_hint=meta.get("build_hint", ""),
+        cols = table.to_pydict()
+        rows = list(
+            zip(
+                cols["split"],
+                cols["shard"],
+                cols["num_samples"],
+                cols["sha256"],
+                cols["size_bytes"],
+                strict=True,
+            )
         )
-    )
-    cols = table.to_pydict()
-    shards = tuple(
-        ShardInfo(sp, sh, int(n), h, int(b))
-        for sp, sh, n, h, b in zip(
-            cols["split"], cols["shard"], cols["num_samples"], cols["sha256"], cols["size_bytes"], strict=True
+    except (pa.ArrowException, KeyError, ValueError, OSError, TypeError) as exc:
+        raise _bad(
+            location, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from None
+    if not isinstance(meta, dict):
+        raise _bad(location, "its metadata is not a JSON object")
+    info = _task_info(meta, location)
+    if expected is not None and info.name != expected:
+        raise DataError(
+            f"manifest {location}/{MANIFEST} describes task {info.name!r}, not {expected!r} (a renamed or "
+            f"copied task folder?); accepted: the folder <root>/{info.name}; re-import it under the new name"
         )
-    )
+    class_names = tuple(_field(meta, "class_names", list, location))
+    if len(class_names) != info.num_classes:
+        raise _bad(
+            location, f"{len(class_names)} class names for {info.num_classes} classes of {info.name!r}"
+        )
+    shards = []
+    for split, shard, n, sha, size in rows:
+        if split not in info.splits or not isinstance(shard, str) or not _SHARD_NAME.fullmatch(shard):
+            raise _bad(location, f"shard row {split!r} {shard!r}")
+        if (
+            not isinstance(n, int)
+            or n < 1
+            or not isinstance(size, int)
+            or size < 0
+            or not isinstance(sha, str)
+        ):
+            raise _bad(location, f"shard {shard!r} has num_samples {n!r}, size_bytes {size!r}")
+        shards.append(ShardInfo(split, shard, n, sha, size))
+    missing = [s for s in info.splits if s not in {sh.split for sh in shards}]
+    if missing:
+        raise _bad(location, f"no shards for split(s) {', '.join(missing)} of {info.name!r}")
+    image_size = meta.get("image_size")
     return Manifest(
         task=info,
-        class_names=tuple(meta["class_names"]),
-        shards=shards,
+        class_names=class_names,
+        shards=tuple(shards),
         location=location,
-        builder=meta.get("builder", ""),
-        params=meta.get("params", {}),
-        image_size=meta.get("image_size"),
-        version=int(meta.get("version", 0)),
+        builder=str(meta.get("builder", "")),
+        params=meta.get("params", {}) if isinstance(meta.get("params"), dict) else {},
+        image_size=image_size if isinstance(image_size, int) and not isinstance(image_size, bool) else None,
+        version=int(meta["version"]) if isinstance(meta.get("version"), int) else 0,
     )
 
 
-def _task_name(task: TaskInfo | str) -> str:
+# Parsed local manifests, keyed by path and stat: get_task / resolve_tasks consult them often, and a
+# rebuilt or edited manifest (new mtime / size / inode) is read again.
+_PARSED: dict[Path, tuple[tuple[int, ...], Manifest]] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def file_signature(path: Path) -> tuple[int, ...]:
+    """What tells a changed file from an unchanged one without reading it: size, mtime, ctime, inode."""
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _parse_local(path: Path, expected: str | None) -> Manifest:
+    try:
+        sig = file_signature(path)
+    except OSError as exc:
+        raise DataError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    with _PARSED_LOCK:
+        hit = _PARSED.get(path)
+    if hit is not None and hit[0] == sig:
+        manifest = hit[1]
+    else:
+        manifest = _parse(path, path.parent)
+        with _PARSED_LOCK:
+            _PARSED[path] = (sig, manifest)
+    if expected is not None and manifest.task.name != expected:
+        _parse(path, path.parent, expected)  # raises the one-line "describes task ..." error
+    return manifest
+
+
+def _task_name(task: TaskInfo | str, root: str | os.PathLike | None) -> str:
     if isinstance(task, TaskInfo):
         return task.name
-    if task in TASKS or "/" not in task:
-        return get_task(task).name
-    return task
+    if task in TASKS or "/" in task:
+        return task
+    return get_task(task, root).name  # a bare name: registered or built under root
 
 
 def read_manifest(task: TaskInfo | str, root: str | os.PathLike | None = None) -> Manifest:
     """The manifest of a built task; a one-line :class:`DataError` naming the build command if not built."""
-    name = _task_name(task)
+    name = _task_name(task, root)
     location = task_dir(name, root)
     if isinstance(location, str):  # remote root
-        return _parse(_fetch(f"{location}/{MANIFEST}"), location)
+        return _parse(_fetch(f"{location}/{MANIFEST}"), location, name)
     data_root(root, must_exist=True)
     path = location / MANIFEST
     if not path.is_file():
         info = task if isinstance(task, TaskInfo) else TASKS.get(name) if name in TASKS else None
         if info is None:  # neither registered nor on disk
-            raise unknown("task", name, TASKS.names())
+            raise unknown("task", name, TASKS.names() + sorted(disk_tasks(root)))
         raise DataError(
             f"task {name!r} is not built under {data_root(root)}; build it with {hint_for(info, root)}"
         )
-    return _parse(path, location)
+    return _parse_local(path, name)
+
+
+_REMOTE_INFO: dict[str, TaskInfo | None] = {}
 
 
 def task_info_from_disk(name: str, root: str | os.PathLike | None) -> TaskInfo | None:
-    """TaskInfo of an unregistered task (e.g. an imported image folder) from its manifest, if built."""
+    """TaskInfo of an unregistered task (e.g. an imported image folder) from its manifest, if built.
+
+    A manifest that exists but is malformed raises its one-line DataError (it is not "unknown").
+    """
     if "/" not in name:
         return None
     location = task_dir(name, root)
-    if isinstance(location, str) or not (location / MANIFEST).is_file():
+    if isinstance(location, str):  # remote root: fetched once per process
+        if name not in _REMOTE_INFO:
+            try:
+                _REMOTE_INFO[name] = _parse(_fetch(f"{location}/{MANIFEST}"), location, name).task
+            except DataError:
+                _REMOTE_INFO[name] = None
+        return _REMOTE_INFO[name]
+    if not (location / MANIFEST).is_file():
         return None
-    return _parse(location / MANIFEST, location).task
+    return _parse_local(location / MANIFEST, name).task
+
+
+def disk_tasks(root: str | os.PathLike | None = None) -> dict[str, TaskInfo]:
+    """The unregistered tasks built under a local root (imported folders), by name.
+
+    A task whose manifest does not parse is left out here (so one broken folder does not hide
+    the others); reading it by name raises its error. Remote roots cannot be listed: {}.
+    """
+    out: dict[str, TaskInfo] = {}
+    for name in built_tasks(root):
+        if name in TASKS:
+            continue
+        try:
+            out[name] = _parse_local(Path(task_dir(name, root)) / MANIFEST, name).task
+        except DataError:
+            continue
+    return out
 
 
 def built_tasks(root: str | os.PathLike | None = None) -> list[str]:
@@ -219,4 +366,9 @@ def built_tasks(root: str | os.PathLike | None = None) -> list[str]:
     base = data_root(root)
     if isinstance(base, str) or not base.is_dir():
         return []
-    return sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in base.glob(f"*/*/{MANIFEST}"))
+    # hidden folders are the writer's temporary / replaced builds, never tasks
+    return sorted(
+        f"{p.parent.parent.name}/{p.parent.name}"
+        for p in base.glob(f"*/*/{MANIFEST}")
+        if not p.parent.name.startswith(".") and not p.parent.parent.name.startswith(".")
+    )

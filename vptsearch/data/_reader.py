@@ -9,6 +9,7 @@ and by DataLoader worker, for plain paths, ``file://``, ``s3://`` and ``http(s):
 from __future__ import annotations
 
 import functools
+import io
 import os
 import tarfile
 import threading
@@ -39,8 +40,11 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def iter_shard(path: Path, num_classes: int) -> Iterator[tuple[str, bytes, int]]:
-    """Yield ``(key, encoded image, label)`` from one local shard, with errors naming shard and key."""
+def iter_shard(path: Path, num_classes: int, data: bytes | None = None) -> Iterator[tuple[str, bytes, int]]:
+    """Yield ``(key, encoded image, label)`` from one local shard, with errors naming shard and key.
+
+    ``data``: the shard's bytes when the caller has already read them (to hash them), read once.
+    """
     last_key: str | None = None
     current: dict[str, Any] = {}
 
@@ -59,7 +63,8 @@ def iter_shard(path: Path, num_classes: int) -> Iterator[tuple[str, bytes, int]]
         return key, image, label
 
     try:
-        with tarfile.open(path, "r:") as tar:
+        source: dict[str, Any] = {"fileobj": io.BytesIO(data)} if data is not None else {"name": path}
+        with tarfile.open(mode="r:", **source) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -82,7 +87,7 @@ def iter_shard(path: Path, num_classes: int) -> Iterator[tuple[str, bytes, int]]
 
 
 def _verify(manifest: Manifest, shard: ShardInfo, path: Path) -> None:
-    hint = _rebuild_hint(manifest)
+    hint = rebuild_hint(manifest)
     if not path.is_file():
         raise DataError(f"shard {path} listed in the manifest is missing; rebuild with {hint}")
     if path.stat().st_size != shard.size_bytes or sha256_file(path) != shard.sha256:
@@ -92,7 +97,7 @@ def _verify(manifest: Manifest, shard: ShardInfo, path: Path) -> None:
         )
 
 
-def _rebuild_hint(manifest: Manifest) -> str:
+def rebuild_hint(manifest: Manifest) -> str:
     """The build command with ``--root`` when the task lives under a non-default data root."""
     location = Path(manifest.location)
     root = location.parents[len(manifest.task.name.split("/")) - 1]

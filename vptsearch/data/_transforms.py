@@ -58,7 +58,8 @@ def random_resized_crop_flip(
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = ch
     theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    # parameters drawn on the CPU (same crops on every device), the resampling where ``x`` lives
+    grid = F.affine_grid(theta.to(x.device), [b, 3, size, size], align_corners=False)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -81,12 +81,14 @@ def write_task(
     params: Mapping[str, Any] | None = None,
     root: str | os.PathLike | None = None,
     maxcount: int = DEFAULT_MAXCOUNT,
+    overwrite: bool = True,
 ) -> Path:
     """Write every split of ``task`` under ``<root>/<suite>/<task>`` and return that folder.
 
     ``splits`` maps each of the task's split names to its samples. Bad input (label out of range,
     duplicate key within a split, undecodable image) raises :class:`DataError` and leaves nothing
-    behind; an existing build of the task is replaced only once the new one is complete.
+    behind; an existing build of the task is replaced only once the new one is complete, and with
+    ``overwrite=False`` not at all (DataError: importers refuse to replace a task unless asked).
     """
     info = task if isinstance(task, TaskInfo) else get_task(task)
     base = data_root(root)
@@ -111,11 +113,21 @@ def write_task(
         write_manifest(
             tmp, info, list(class_names), shards, builder=builder, params=params or {}, image_size=image_size
         )
+        if not overwrite and (dest / MANIFEST).exists():  # built meanwhile by another process
+            raise already_built(info.name, dest)
         _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def already_built(name: str, dest: Path) -> DataError:
+    """The refusal to replace an existing build without ``--overwrite``."""
+    return DataError(
+        f"task {name!r} is already built at {dest}; pass --overwrite to replace it (the old build "
+        f"stays until the new one is complete), or import under another --task name"
+    )
 
 
 def _write_split(

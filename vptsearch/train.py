@@ -33,6 +33,9 @@ PHASES = ("search", "final")
 DIVERGED_LOSS_FACTOR = 100.0
 STATUSES = ("completed", "pruned", "diverged")
 NMI_IMAGES = 128  # training images behind the per-epoch NMI (training.track_nmi)
+# Steps between host reads of the on-device divergence flag (and always at the end of an epoch): a
+# read per step stalls the GPU queue, and a diverged trial costs at most this many wasted steps.
+DIVERGENCE_CHECK_EVERY = 25
 
 
 class TrialStopped(Exception):
@@ -86,7 +89,8 @@ def _load_backbone_cached(name: str, weights: str | None, architecture: str | No
 
 
 def get_backbone(spec: SearchSpec) -> Any:
-    """The spec's backbone, loaded once per process (``build_model`` deep-copies it per trial)."""
+    """The spec's backbone, loaded once per process (``build_model`` shares it with vpt/linear
+    trials and deep-copies it for the methods that train or hook it)."""
     b = spec.backbone
     return _load_backbone_cached(
         b.name, b.weights, b.architecture, json.dumps(dict(b.model_kwargs), sort_keys=True)
@@ -153,8 +157,37 @@ def trial_device(spec: SearchSpec) -> torch.device:
     return torch.device(want)
 
 
+def checkpoint_epochs(spec: SearchSpec) -> frozenset[int]:
+    """Epochs whose report carries a checkpoint: every ``training.checkpoint_every`` epochs, every
+    ASHA rung (``grace_period * reduction_factor**k``: where the scheduler may stop the trial, so a
+    stopped trial's last result has its state) and the last epoch (what the final phase exports).
+    A trial resumed from an earlier checkpoint replays the epochs after it, exactly."""
+    tr, sch = spec.training, spec.scheduler
+    epochs = {tr.epochs}
+    if tr.checkpoint_every > 0:
+        epochs.update(range(tr.checkpoint_every, tr.epochs + 1, tr.checkpoint_every))
+    if sch.type == "asha":
+        rung = sch.grace_period
+        while rung <= tr.epochs:
+            epochs.add(rung)
+            rung *= sch.reduction_factor
+    return frozenset(epochs)
+
+
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
+def _host_copy(obj: Any) -> Any:
+    """``obj`` (an optimizer state dict) with every tensor copied to the host: the live state holds
+    the momentum buffers themselves, which the next step changes in place under a kept state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
 
 
 def lr_at(step: int, *, base: float, warmup_steps: int, total_steps: int) -> float:
@@ -174,24 +207,44 @@ def evaluate(
     """(accuracy, mean cross-entropy) of ``model`` over ``batches``, on the model's device."""
     model.eval()
     device = next(model.parameters()).device
-    correct, total, loss = 0, 0, 0.0
+    # Sums stay on the device: one host read at the end instead of two per batch.
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, precision):
             logits = model(x)
-        loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
         total += len(y)
-    return correct / max(1, total), loss / max(1, total)
+    return int(correct) / max(1, total), float(loss) / max(1, total)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``training.precision`` for ``device``: ``auto`` is bf16 autocast on cuda, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    enabled = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _loader(
-    task: str, split: str, spec: SearchSpec, backbone: Any, *, train: bool, seed: int, batch: int
+    task: str,
+    split: str,
+    spec: SearchSpec,
+    backbone: Any,
+    *,
+    train: bool,
+    seed: int,
+    batch: int,
+    device: torch.device | None = None,
 ) -> Any:
+    """``device``: the split stays there as uint8 and batches are made there (see make_loader)."""
     from vptsearch.data import make_loader
 
     size = spec.training.image_size or backbone.image_size
@@ -205,6 +258,7 @@ def _loader(
         std=backbone.std,
         train=train,
         seed=seed,
+        device=device,
     )
 
 
@@ -307,7 +361,9 @@ def run_trial(
         nmi_images = (images if images is not None else _init_images(task, train_split, spec, backbone)[0])
         nmi_images = nmi_images[:NMI_IMAGES]
 
-    train_loader = _loader(task, train_split, spec, backbone, train=True, seed=seed, batch=tr.batch_size)
+    train_loader = _loader(
+        task, train_split, spec, backbone, train=True, seed=seed, batch=tr.batch_size, device=device
+    )
     trained = [p for p in model.parameters() if p.requires_grad]
     opt, lr = build_optimizer(
         trained, spec, float(params["optim.base_lr"]), float(params["optim.weight_decay"])
@@ -328,13 +384,14 @@ def run_trial(
     def state(epoch: int) -> dict[str, Any]:
         return {
             "trained": _cpu(model.trained_state_dict()),  # checkpoints load anywhere (driver: CPU)
-            "optimizer": opt.state_dict(),
+            "optimizer": _host_copy(opt.state_dict()),
             "epoch": epoch,
             "history": list(history),  # a snapshot: reporters may keep states in memory
             "init": init_info,
         }
 
     status, val_acc, test_acc = "completed", None, None
+    checkpointed = checkpoint_epochs(spec)
     eval_loader = None  # the search val split (every epoch) or the final test split (last epoch)
     epoch = start_epoch
     try:
@@ -343,7 +400,12 @@ def run_trial(
             train_loader.set_epoch(epoch - 1)  # resumes the same shuffle order as an uninterrupted run
             torch.manual_seed(seed * 100_003 + epoch)  # and the same prompt-dropout masks
             model.train()
-            loss_sum, correct, seen, diverged = 0.0, 0, 0, False
+            # Sums and the divergence flag stay on the device: no host read per step (see
+            # DIVERGENCE_CHECK_EVERY), so the CPU keeps queueing work while the GPU computes.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            bad = torch.zeros((), dtype=torch.bool, device=device)
+            seen, diverged = 0, False
             for i, (x, y) in enumerate(train_loader):
                 step = (epoch - 1) * steps_per_epoch + i
                 for g in opt.param_groups:
@@ -352,16 +414,18 @@ def run_trial(
                 with _autocast(device, tr.precision):
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
-                loss_value = float(loss.detach())  # one host sync per step
-                if not math.isfinite(loss_value) or loss_value > loss_limit:
+                loss_d = loss.detach()
+                bad |= ~torch.isfinite(loss_d) | (loss_d > loss_limit)
+                if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and bool(bad):
                     diverged = True
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum += loss_value * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
+                loss_sum += loss_d.double() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
+            diverged = diverged or bool(bad)
             metrics: dict[str, Any] = {**common, "epoch": epoch, "lr": opt.param_groups[0]["lr"]}
             if diverged:
                 # Recorded, reported once, and the trial ends; the search goes on.
@@ -371,16 +435,21 @@ def run_trial(
                 if reporter is not None:
                     reporter.report(metrics, None)
                 break
-            metrics.update(diverged=0, train_loss=loss_sum / max(1, seen), train_acc=correct / max(1, seen))
+            metrics.update(
+                diverged=0, train_loss=float(loss_sum) / max(1, seen), train_acc=int(correct) / max(1, seen)
+            )
             if nmi_images is not None:
                 per_layer = prompt_nmi(model, nmi_images)
                 metrics["nmi_mean"] = sum(per_layer) / len(per_layer)
                 metrics.update({f"nmi_layer{i}": v for i, v in enumerate(per_layer)})
             if phase == "search" or epoch == tr.epochs:
                 if eval_loader is None:  # built once: re-reading the manifest every epoch is wasted I/O
+                    # val200 lives on the device (read every epoch); a test split, read once at the
+                    # end and up to tens of thousands of images, stays on the host.
                     eval_loader = _loader(
-                        task, eval_split, spec, backbone, train=False, seed=0, batch=tr.eval_batch_size
-                    )
+                        task, eval_split, spec, backbone, train=False, seed=0, batch=tr.eval_batch_size,
+                        device=device if phase == "search" else None,
+                    )  # fmt: skip
                 acc, loss_mean = evaluate(model, eval_loader, tr.precision)
                 if phase == "search":
                     val_acc = acc
@@ -391,7 +460,7 @@ def run_trial(
             metrics["epoch_seconds"] = time.perf_counter() - t0
             history.append(metrics)
             if reporter is not None:
-                reporter.report(metrics, state(epoch))
+                reporter.report(metrics, state(epoch) if epoch in checkpointed else None)
     except TrialStopped:
         status = "pruned"
     return TrialResult(

@@ -169,3 +169,37 @@ def test_s3_root_streams_through_aws_cli(tiny_root, tiny, monkeypatch):
         assert Counter(tiny.index(x) for x, _ in loader) == Counter(range(40, 50))
     finally:
         server.stop()
+
+
+# --- device-resident splits (issue 14) --------------------------------------------------------------
+def _uint8_split(n: int = 12, size: int = 10):
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g), torch.arange(n) % 4
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_device_path_yields_the_cpu_paths_batches(augment):
+    from vptsearch.data._loader import InMemoryLoader
+
+    images, labels = _uint8_split()
+    kw = dict(batch_size=5, image_size=8, mean=MEAN, std=STD, train=True, augment=augment, seed=7)
+    host, dev = InMemoryLoader(images, labels, **kw), InMemoryLoader(images, labels, device="cpu", **kw)
+    for _ in range(2):  # two epochs: shuffles and crops drawn the same way on both paths
+        for (xa, ya), (xb, yb) in zip(host, dev, strict=True):
+            assert xa.dtype == xb.dtype == torch.float32 and xa.shape == (len(ya), 3, 8, 8)
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_device_split_is_moved_once_per_process_and_batches_are_made_there():
+    from vptsearch.data import _loader
+
+    images, labels = _uint8_split()
+    kw = dict(batch_size=5, image_size=10, mean=MEAN, std=STD, train=True, augment=False)
+    # "meta" stands in for a GPU here: a real move to another device, with shapes but no values
+    a = _loader.InMemoryLoader(images, labels, device="meta", **kw)
+    b = _loader.InMemoryLoader(images, labels, device="meta", **kw)
+    assert a.images.device.type == "meta" and a.images.dtype == torch.uint8  # kept as uint8 there
+    assert a.images is b.images and a.labels is b.labels  # the second trial reuses the device copy
+    x, y = next(iter(a))
+    assert x.device.type == y.device.type == "meta" and x.shape == (5, 3, 10, 10) and x.dtype == torch.float32
+    _loader._DEVICE_CACHE.clear()

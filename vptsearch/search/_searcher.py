@@ -110,8 +110,11 @@ def _params_key(params: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def trial_status(result: Mapping[str, Any] | None, max_epochs: int, error: bool = False) -> str:
-    """completed | pruned | diverged | failed, from a trial's last result."""
-    if error or not result:
+    """completed | pruned | diverged | failed, from a trial's last result.
+
+    A result with ``error`` is the last one of a trial that met bad data or config and ended
+    without a retry (see ``_trainable.failure_result``)."""
+    if error or not result or result.get("error"):
         return "failed"
     if result.get("diverged"):
         return "diverged"

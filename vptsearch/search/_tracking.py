@@ -14,9 +14,11 @@ Layout (tags prefixed ``vptsearch.``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +98,31 @@ def client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(tracking_uri=uri)
-    if uri.startswith("sqlite:") and os.environ.get("VPTSEARCH_SQLITE_WAL", "1") != "0":
-        _sqlite_wal(c)
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri)
+    with sqlite_store_lock(uri):
+        # Opening the store (MlflowClient() does) creates a missing database and runs MLflow's
+        # alembic migrations; two launches doing that at once make the second fail mid-migration,
+        # so opening is serialised (the second then finds the tables and migrates nothing).
+        c = MlflowClient(tracking_uri=uri)
+        if os.environ.get("VPTSEARCH_SQLITE_WAL", "1") != "0":
+            _sqlite_wal(c)
     return c
+
+
+@contextlib.contextmanager
+def sqlite_store_lock(uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder of a ``sqlite:///FILE`` store (no lock file left
+    behind; the folder exists, check_tracking_uri made sure). Held across processes and threads."""
+    import fcntl
+
+    folder = Path(uri[len("sqlite:///") :]).parent
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _sqlite_wal(c: Any) -> None:
@@ -401,7 +424,10 @@ class TrackingCallback(tune.Callback):
     def _finish(self, trial: Any, error: bool) -> None:
         ref = self._run_id(trial)
         status = trial_status(trial.last_result, self.max_epochs, error)
-        self.tracker.log(ref, tags={PREFIX + "status": status})
+        tags = {PREFIX + "status": status}
+        if (trial.last_result or {}).get("error"):
+            tags[PREFIX + "error"] = str(trial.last_result["error"])[:500]
+        self.tracker.log(ref, tags=tags)
         self.tracker.end(ref, MLFLOW_STATUS[status])
         self._ended.add(trial.trial_id)
 
@@ -453,8 +479,9 @@ class ProgressCallback(tune.Callback):
         score = (f"test {last['test_acc']:.3f}" if "test_acc" in last else
                  f"val {last.get('val_acc', float('nan')):.3f}")  # fmt: skip
         head = f"  [{self.phase} {self.done}/{self.total} {time.monotonic() - self.t0:5.0f}s]"
+        why = f": {last['error']}" if last.get("error") else ""  # bad data/config: not retried
         print(f"{head} {cfg.get('task')} seed {cfg.get('seed', 0)}: {status} after {last.get('epoch', 0)} "
-              f"epoch(s), {score} ({what})", flush=True)  # fmt: skip
+              f"epoch(s), {score} ({what}){why}", flush=True)  # fmt: skip
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, error=False)

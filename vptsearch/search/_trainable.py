@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from vptsearch._errors import ConfigError, DataError
 from vptsearch.search._cluster import SharedBackbone
 from vptsearch.spec import SearchSpec, spec_from_dict
 from vptsearch.train import run_trial
@@ -28,9 +29,21 @@ CONTROL_KEYS = ("task", "phase", "seed")
 
 
 class TuneReporter:
-    """Reporter that forwards to ``tune.report``, writing the state as a Tune checkpoint."""
+    """Reporter that forwards to ``tune.report``, writing the state as a Tune checkpoint.
+
+    Every result carries ``node_id`` (the Ray node the trial ran on): Tune's own ``node_ip`` is the
+    same for every node of a one-host cluster, and which node trained which epoch is what a
+    node-loss post-mortem (and the node-loss test) needs.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] = {}
+        self.node_id = _node_id()
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        if self.node_id is not None:
+            metrics = {**metrics, "node_id": self.node_id}
+        self.last = metrics
         if state is None:
             tune.report(metrics)
             return
@@ -43,7 +56,9 @@ def load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        # weights_only: the state is tensors, dicts, lists, strings and numbers; a full unpickle of a
+        # file in shared storage would run whatever code anyone with write access put there.
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,15 +73,43 @@ def trainable(config: dict[str, Any], spec_json: str, backbone: SharedBackbone |
     worker builds the model from it once instead of reading the weights file (None: read the file).
     """
     spec = _spec(spec_json)
-    run_trial(
-        config,
-        task=config["task"],
-        spec=spec,
-        reporter=TuneReporter(),
-        checkpoint=load_state(tune.get_checkpoint()),
-        threads=max(1, int(spec.resources.cpu)),
-        backbone=None if backbone is None else backbone.get(),
-    )
+    reporter = TuneReporter()
+    try:
+        run_trial(
+            config,
+            task=config["task"],
+            spec=spec,
+            reporter=reporter,
+            checkpoint=load_state(tune.get_checkpoint()),
+            threads=max(1, int(spec.resources.cpu)),
+            backbone=None if backbone is None else backbone.get(),
+        )
+    except (DataError, ConfigError) as exc:
+        # Bad input fails the same way on every attempt: raising would make Tune retry the trial
+        # (FailureConfig.max_failures, meant for lost nodes) and print a traceback each time.
+        # Tune has no per-exception retry policy, so the trial ends normally with a final result
+        # naming the error; trial_status() reads it as "failed".
+        reporter.report(failure_result(exc, reporter.last, config.get("phase", "search")))
+
+
+def failure_result(exc: Exception, last: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The last result of a trial that met bad data or config: ``error`` (one line) plus the keys
+    Tune's strict metric check needs (the search phase's ``val_acc``, unchanged from the last epoch
+    so neither ASHA nor Optuna records a new value) and the epoch it got to."""
+    out: dict[str, Any] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                           "epoch": int(last.get("epoch", 0))}  # fmt: skip
+    if phase == "search":
+        out["val_acc"] = float(last.get("val_acc", 0.0))
+    return out
+
+
+def _node_id() -> str | None:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside a Ray worker (a trial run in-process by a test)
+        return None
 
 
 def heal_pruned_checkpoint(checkpoint: tune.Checkpoint) -> bool:

@@ -5,10 +5,13 @@
     python benchmarks/bench_model_step.py --arch vit_base_patch16_224 --image-size 224 --device cuda
 
 Prints one JSON object: median milliseconds per train step (forward + backward + SGD step) for
-full fine-tuning and VPT-deep at p in {1, 10, 50, 200} on both deep paths, all on the same model
+full fine-tuning and VPT-deep at p in {1, 10, 50, 200} on both deep paths (per-sample prompt-dropout
+masks, the default, so prefix_kv computes per-sample prompt K/V; plus prefix_kv with the batch-shared
+mask, whose prompt K/V are batch-free, for comparison), all on the same model
 weights and the same batch, measured round-robin (configurations interleaved in every repeat, so
 machine load drifts hit all of them alike), plus the two target ratios:
     prefix_kv step(p=200) / step(p=1) <= 1.15        VPT-deep step / full step at p=10 <= 0.75
+and prefix_kv / tokens at every p (the fast path must stay faster with per-sample masks).
 and the time of SPT k-means initialisation on --kmeans-images images (all patch tokens, every layer).
 """
 
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for impl in ("tokens", "prefix_kv"):
             add(f"{impl}/p{p}", "vpt", prompt_length=p, depth="deep",
                 prompt_dropout=args.prompt_dropout, deep_impl=impl)
+        add(f"prefix_kv_batchmask/p{p}", "vpt", prompt_length=p, depth="deep",
+            prompt_dropout=args.prompt_dropout, deep_impl="prefix_kv", dropout_mask="batch")
 
     def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         opt.zero_grad(set_to_none=True)
@@ -128,17 +133,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"tokens_p{p_hi}_over_p{p_lo}": ms[f"tokens/p{p_hi}"] / ms[f"tokens/p{p_lo}"],
         f"vpt_deep_prefix_kv_over_full_p{p_mid}": ms[f"prefix_kv/p{p_mid}"] / ms["full"],
         f"vpt_deep_tokens_over_full_p{p_mid}": ms[f"tokens/p{p_mid}"] / ms["full"],
+        **{f"prefix_kv_over_tokens_p{p}": ms[f"prefix_kv/p{p}"] / ms[f"tokens/p{p}"] for p in lengths},
     }
     targets = {
         f"prefix_kv_p{p_hi}_over_p{p_lo} <= {TARGET_PREFIX_RATIO}":
             ratios[f"prefix_kv_p{p_hi}_over_p{p_lo}"] <= TARGET_PREFIX_RATIO,
         f"vpt_deep_prefix_kv_over_full_p{p_mid} <= {TARGET_VPT_OVER_FULL}":
             ratios[f"vpt_deep_prefix_kv_over_full_p{p_mid}"] <= TARGET_VPT_OVER_FULL,
+        "prefix_kv_over_tokens < 1 at every p": all(
+            ratios[f"prefix_kv_over_tokens_p{p}"] < 1 for p in lengths
+        ),
     }
 
     # Why the p=200/p=1 ratio depends on model size: forward multiply-adds per image and layer of the
     # prefix_kv path are 12*N*d^2 (qkv, proj, MLP) + 2*N*(N+p)*d (attention over N+p keys), plus
-    # 2*p*d^2/B for the batch-free prompt K/V; the attention term grows with p, the rest does not.
+    # 2*p*d^2/B for the batch-free prompt K/V (2*p*d^2 per image with per-sample dropout masks); the
+    # attention term grows with p, the rest does not.
     n_tok, d = backbone.patch_embed.num_patches + backbone.num_prefix_tokens, backbone.embed_dim
 
     def macs(p: int) -> float:

@@ -33,7 +33,7 @@ def test_cuda_without_a_gpu_fails_with_one_line(base_raw, monkeypatch) -> None:
     ("training", "gpu", "message"),
     [
         ({"device": "tpu"}, 0, r"training\.device: unknown 'tpu'; accepted: auto, cpu, cuda"),
-        ({"precision": "fp16"}, 0, r"training\.precision: unknown 'fp16'; accepted: fp32, bf16"),
+        ({"precision": "fp16"}, 0, r"training\.precision: unknown 'fp16'; accepted: auto, fp32, bf16"),
         ({"device": "cuda"}, 0, r"training\.device: cuda needs resources\.gpu > 0"),
     ],
 )

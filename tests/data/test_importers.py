@@ -1,13 +1,14 @@
 """Importers on small fixture trees: VTAB-1k folders, FGVC json, image folders, TFDS hint."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vptsearch._errors import DataError
+from vptsearch._errors import ConfigError, DataError
 from vptsearch.data import (
     get_task,
     import_fgvc,
@@ -29,7 +30,8 @@ def _png(path, i, size=8):
 def _vtab_tree(root, folder="dtd", k=47):
     base = root / folder
     pixels, lists = {}, {}
-    for split, n, offset in (("train800", 8, 0), ("val200", 2, 8), ("test", 5, 100)):
+    # train800 holds every class once: a registered task's import needs each of its labels used
+    for split, n, offset in (("train800", k, 0), ("val200", 2, 200), ("test", 5, 300)):
         lines = []
         for i in range(offset, offset + n):
             rel = f"images/{split}/{i}.png"
@@ -52,7 +54,7 @@ def test_vtab_folder_round_trip(tmp_path):
         assert torch.equal(x, torch.from_numpy(want).permute(0, 3, 1, 2))
         assert y.tolist() == [int(line.split()[1]) for line in lines]
     assert read_manifest("vtab1k/dtd", tmp_path / "out").counts == {
-        "train800": 8, "val200": 2, "train800val200": 10, "test": 5}  # fmt: skip
+        "train800": 47, "val200": 2, "train800val200": 49, "test": 5}  # fmt: skip
 
 
 def test_vtab_folder_errors(tmp_path):
@@ -61,14 +63,14 @@ def test_vtab_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"missing split list .*val200\.txt"):
         import_vtab(base, root=tmp_path / "out")
     _vtab_tree(tmp_path / "src")
-    (base / "test.txt").write_text("images/test/100.png 3\nimages/test/999.png 1\n")
+    (base / "test.txt").write_text("images/test/300.png 3\nimages/test/999.png 1\n")
     with pytest.raises(DataError, match=r"cannot read image .*999\.png"):
         import_vtab(base, root=tmp_path / "out")
-    (base / "test.txt").write_text("images/test/100.png 47\n")
-    with pytest.raises(DataError, match=r"label 47 .*100\.png is out of range .*0\.\.46"):
+    (base / "test.txt").write_text("images/test/300.png 47\n")
+    with pytest.raises(DataError, match=r"label 47 .*300\.png is out of range .*0\.\.46"):
         import_vtab(base, root=tmp_path / "out")
-    (base / "test.txt").write_text("images/test/100.png 3\nimages/test/100.png 3\n")
-    with pytest.raises(DataError, match="duplicate sample key 'images_test_100'"):
+    (base / "test.txt").write_text("images/test/300.png 3\nimages/test/300.png 3\n")
+    with pytest.raises(DataError, match="duplicate sample key 'images_test_300'"):
         import_vtab(base, root=tmp_path / "out")
     assert not (tmp_path / "out" / "vtab1k" / "dtd").exists()
     assert not list((tmp_path / "out" / "vtab1k").iterdir())  # no temp folders left behind
@@ -171,3 +173,56 @@ def test_fgvc_loader_augments_train_and_center_crops_eval(tmp_path):
     assert e1.shape == (6, 3, 14, 14) and torch.equal(e1, e2)  # deterministic centre crop
     streamed = make_loader("fgvc/cub", "test", train=False, in_memory=False, **kw)
     assert torch.allclose(torch.cat([x for x, _ in streamed]), e1, atol=0.02)  # same transform, same order
+
+
+def _class_tree(src, names, per_class=4):
+    """One folder per class; every image of class ``name`` is filled with a value derived from it."""
+    for ci, name in enumerate(names):
+        for i in range(per_class):
+            path = src / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 10 * ci + i, dtype=np.uint8)).save(path)
+    return {10 * ci + i: name for ci, name in enumerate(names) for i in range(per_class)}
+
+
+def test_image_folder_numbered_classes_sort_numerically(tmp_path):
+    # text order would be 1, 10, 2, 3: labels must follow the numbers (2 before 10)
+    value_to_class = _class_tree(tmp_path / "src", ["10", "2", "1", "3"])
+    import_folder(tmp_path / "src", "nums", root=tmp_path / "out", n_train=6, n_val=2)
+    m = read_manifest("custom/nums", tmp_path / "out")
+    assert m.class_names == ("1", "2", "3", "10")
+    seen = 0
+    for split in ("train800", "val200", "test"):
+        x, y = load_split("custom/nums", split, tmp_path / "out")
+        for img, label in zip(x, y.tolist(), strict=True):
+            assert m.class_names[label] == value_to_class[int(img[0, 0, 0])]
+            seen += 1
+    assert seen == 16
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["01", "1", "2"], r"class folders '01' and '1' in .* are the same number"),
+        (["1", "2", "cat"], r"mix numbers \('1'\) and names \('cat'\)"),
+        (["class2", "class10", "class1"], r"'class10' and 'class2' .* sort differently as text and by"),
+    ],
+)
+def test_image_folder_ambiguous_class_names_are_refused(tmp_path, capsys, names, message):
+    from vptsearch.cli import main
+
+    _class_tree(tmp_path / "src", names)
+    argv = ["data", "import-folder", str(tmp_path / "src"), "--task", "amb", "--root", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out" / "custom" / "amb").exists()
+
+
+def test_image_folder_zero_padded_and_word_names_keep_text_order(tmp_path):
+    _class_tree(tmp_path / "a", ["class02", "class10", "class01"])
+    import_folder(tmp_path / "a", "padded", root=tmp_path / "out", n_train=6, n_val=2)
+    assert read_manifest("custom/padded", tmp_path / "out").class_names == ("class01", "class02", "class10")
+    with pytest.raises(ConfigError, match=r"'mini/digits' is built by `vptsearch data build-mini`"):
+        import_folder(tmp_path / "a", "mini/digits", root=tmp_path / "out")

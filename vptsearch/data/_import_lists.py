@@ -48,6 +48,7 @@ from vptsearch.data._writer import Sample, already_built, write_task
 # folder names used by the common VTAB-1k extraction (e.g. NOAH / VPT releases) -> our task names
 VTAB_FOLDER_ALIASES = {"cifar": "cifar100"}
 CLASSES_FILE = "classes.txt"
+MINI_SUITE = "mini"  # built from packaged data only (build-mini): never an import target
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a suite or task name is one safe folder name
 
 
@@ -189,6 +190,11 @@ def _plan(
     seed: int,
 ) -> _Plan:
     _check_name(name, folder)
+    if name in TASKS and TASKS.get(name).suite == MINI_SUITE:
+        raise ConfigError(
+            f"task {name!r} is built by `vptsearch data build-mini` from packaged data, not imported "
+            f"(from {folder}); accepted: your own name such as --task {CUSTOM_SUITE}/{name.split('/')[1]}"
+        )
     for split in layout.required:
         if not (folder / f"{split}.txt").is_file():
             raise DataError(f"missing split list {folder / f'{split}.txt'}; accepted: {ACCEPTED_LAYOUTS}")
@@ -213,11 +219,13 @@ def _plan(
             f"seeded hold-out of {tr}.txt (seed {seed}, fraction {val_fraction})",
         )
     _check_disjoint(folder, lists, tr, va)
-    for s in (tr, va, final):
+    for s in (tr, va):
         _check_disjoint(folder, lists, s, test)
-    if final not in lists:
+    if final not in lists:  # no list file for it: the union of the search splits
         lists[final] = lists[tr] + lists[va]
         how[final] = f"{tr} + {va}"
+    else:
+        _check_disjoint(folder, lists, final, test)
     max_label = max(label for entries in lists.values() for _, label in entries)
     if class_names_spec is not None:
         names = read_class_names(class_names_spec, f"for {folder}")
@@ -232,6 +240,13 @@ def _plan(
             f"{len(names)} class names given for {folder}, but task {name!r} has {k} classes; "
             f"accepted: exactly {k} names"
         )
+    if names and registered is None and max_label >= k:
+        split, rel = next((s, r) for s, es in lists.items() for r, lab in es if lab == max_label)
+        raise DataError(
+            f"{len(names)} class names given for {folder}, but its labels go up to {max_label} "
+            f"({folder / rel} in {how[split]}); accepted: exactly {max_label + 1} names "
+            "(line/item i = label i)"
+        )
     if max_label >= k:
         split, rel = next((s, r) for s, es in lists.items() for r, lab in es if lab == max_label)
         own = f"; to import it as your own task, pass --task {CUSTOM_SUITE}/{name.split('/')[1]}"
@@ -241,6 +256,27 @@ def _plan(
         )
     if k < 2:
         raise DataError(f"{folder}: every label is 0; accepted: at least 2 classes (labels 0 and 1)")
+    # Every class must have images: a gap (labels 0, 1, 5) is a numbering mistake, and a registered
+    # task whose classes are mostly absent is another data set imported under its name.
+    unused = sorted(set(range(k)) - {label for entries in lists.values() for _, label in entries})
+    if unused:
+        source = (
+            f"task {name!r} has {k} classes"
+            if registered is not None
+            else f"{len(names)} class names"
+            if names
+            else f"the largest label is {k - 1}"
+        )
+        own = (
+            f"; this is not the data of {name!r}: import it as your own task with "
+            f"--task {CUSTOM_SUITE}/{name.split('/')[1]}"
+            if registered is not None
+            else ""
+        )
+        raise DataError(
+            f"{folder}: no image has label {unused[0]} ({len(unused)} of labels 0..{k - 1} unused), but "
+            f"{source}; accepted: labels 0..{k - 1}, each used at least once{own}"
+        )
     for split, entries in lists.items():
         for rel, _ in entries:
             if not (folder / rel).is_file():

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vptsearch._errors import DataError, unknown
+from vptsearch._errors import ConfigError, DataError, unknown
 from vptsearch.data._codec import resized_jpeg, safe_key
-from vptsearch.data._import_lists import target_name
+from vptsearch.data._import_lists import MINI_SUITE, target_name
 from vptsearch.data._manifest import MANIFEST
 from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo, data_root, get_task, list_tasks
 from vptsearch.data._writer import Sample, already_built, write_task
@@ -172,7 +172,8 @@ def class_folder_order(names: list[str], src: Path) -> list[str]:
     Text order puts ``10`` before ``2``; a mix of numbers and words, or names whose numbers would
     sort differently as text (``class2``, ``class10``), are refused rather than guessed.
     """
-    if all(n.isdigit() for n in names):
+    names = sorted(names)  # directory listing order varies: errors name the same folders every time
+    if all(n.isascii() and n.isdigit() for n in names):
         by_value: dict[int, list[str]] = {}
         for n in names:
             by_value.setdefault(int(n), []).append(n)
@@ -183,9 +184,9 @@ def class_folder_order(names: list[str], src: Path) -> list[str]:
                 "accepted: distinct numbers (labels follow their numeric order) or names"
             )
         return sorted(names, key=int)
-    numeric = [n for n in names if n.isdigit()]
+    numeric = [n for n in names if n.isascii() and n.isdigit()]
     if numeric:
-        word = next(n for n in names if not n.isdigit())
+        word = next(n for n in names if n not in numeric)
         raise DataError(
             f"class folders in {src} mix numbers ({numeric[0]!r}) and names ({word!r}), so their label "
             "order is ambiguous; accepted: all numbers (sorted numerically) or all names (sorted as text)"
@@ -242,6 +243,11 @@ def import_folder(
         )
     if task in TASKS:
         info = TASKS.get(task)
+        if info.suite == MINI_SUITE:
+            raise ConfigError(
+                f"task {task!r} is built by `vptsearch data build-mini` from packaged data, not imported "
+                f"(from {src}); accepted: your own name such as --task {CUSTOM_SUITE}/{info.short_name}"
+            )
         if info.num_classes != len(classes):
             raise DataError(
                 f"task {task!r} has {info.num_classes} classes but {src} has {len(classes)} class folders"

@@ -152,6 +152,7 @@ def test_several_folders_at_once_and_known_vtab_names(tmp_path, out, capsys):
         ("names a,b", r"2 class names given .*labels go up to 2 .*accepted: exactly 3 names"),
         ("names a,b,c,d", r"no image has label 3 .*4 class names; accepted: labels 0\.\.3"),
         ("names a,b,a", r"names class 'a' twice"),
+        ("task+names dtd a,b,c", r"3 class names given .*'vtab1k/dtd' has 47 classes.*--task custom/dtd\)"),
         ("task mini/colours", r"'mini/colours' is not one of the registered mini tasks.*custom/colours"),
         ("task mini/digits", r"'mini/digits' is built by `vptsearch data build-mini`.*--task custom/digits"),
         ("task vtab1k/dtd", r"no image has label 3 .*'vtab1k/dtd' has 47 classes.*--task custom/dtd"),
@@ -179,6 +180,9 @@ def test_import_errors_are_one_line_and_write_nothing(tmp_path, out, capsys, bre
         argv += ["--class-names", rest]
     elif kind == "task":
         argv[4] = rest
+    elif kind == "task+names":
+        argv[4], names = rest.split(" ")
+        argv += ["--class-names", names]
     err = one_line_error(capsys, *argv)
     assert re.search(message, err), err
     assert tree_digest(out) == before  # nothing written, nothing replaced, no temp folder left
@@ -278,6 +282,8 @@ def test_info_list_and_unknown_task_errors_know_custom_tasks(tmp_path, out, caps
         rc, stdout, err = run(capsys, "data", "info", name)
         assert rc == 0, err
         assert stdout.startswith("task:          custom/colours (custom, 3 classes, preprocessing vtab)")
+        built_by = next(line for line in stdout.splitlines() if line.startswith("built by:"))
+        assert re.search(r'"test\.txt": "[0-9a-f]{12}\.\.\."', built_by), built_by  # digests abridged
     rc, stdout, _ = run(capsys, "data", "list")
     assert rc == 0 and "custom/colours" in stdout and "train800=9 val200=3 train800val200=12 test=6" in stdout
     rows = {r["task"]: r for r in json.loads(run(capsys, "data", "list", "--suite", "custom", "--json")[1])}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from typing import Any
 
@@ -193,6 +194,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _abridged(value: Any) -> Any:
+    """The parameters with sha256 digests cut to 12 hex digits: one readable line (the manifest has all)."""
+    if isinstance(value, dict):
+        return {k: _abridged(v) for k, v in value.items()}
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return value[:12] + "..."
+    return value
+
+
 def _info(args: argparse.Namespace) -> int:
     from vptsearch.data._manifest import read_manifest
     from vptsearch.data._verify import verify_task
@@ -202,7 +212,7 @@ def _info(args: argparse.Namespace) -> int:
     (tr, va), (fi, te) = t.search_splits, t.final_splits
     print(f"task:          {t.name} ({t.group}, {t.num_classes} classes, preprocessing {t.preprocessing})")
     print(f"location:      {m.location}")
-    print(f"built by:      {m.builder} {json.dumps(dict(m.params), sort_keys=True)}")
+    print(f"built by:      {m.builder} {json.dumps(_abridged(dict(m.params)), sort_keys=True)}")
     print(f"image size:    {m.image_size or 'varies'}")
     print(f"class names:   {', '.join(m.class_names[:12])}{' ...' if len(m.class_names) > 12 else ''}")
     print(f"a launch:      searches {tr} -> {va}, retrains the winner on {fi}, tests on {te}")

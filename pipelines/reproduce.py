@@ -1,16 +1,24 @@
 """Reproduce the VPT / SPT / "VPT or full fine-tuning?" claims in miniature, through vptsearch itself.
 
-    nohup nice -n 5 .venv/bin/python pipelines/reproduce.py > runs/repro/full.log 2>&1 &   # full, ~80 min
+    mkdir -p runs/repro                                      # then the full run, in the background:
+    nohup nice -n 5 .venv/bin/python pipelines/reproduce.py >> runs/repro/full.log 2>&1 &
     .venv/bin/python pipelines/reproduce.py --quick          # CI smoke: every code path, a few minutes
     .venv/bin/python pipelines/reproduce.py --report-only    # tables, plots, docs/results.md from disk
+    .venv/bin/python pipelines/reproduce.py --plan           # the launches and the wall-time estimate
+
+The full plan (38 launches, 15 epochs, 3 lr values per method, 3 seeds, 2 backbones, 5 tasks) is
+estimated at ~11 h on an idle 2-core machine (``--plan`` prints the estimate per study); it runs the
+launches that decide the claims first, and the same command continues it after any stop.
 
 Every experiment is an ordinary search space run by ``vptsearch.search.launch`` (the same preflight,
 Ray Tune + Optuna grid, MLflow tracking, final seeds and export that ``vptsearch launch`` uses):
 per shipped backbone (supervised and MAE-style) the main table (full, linear, bias, adapter,
 VPT-shallow, VPT-deep random, SPT-deep with spt-mean/max/sample/kmeans; select on val200, retrain
-on train800val200 with 3 seeds, test), the prompt-length ablation (random vs SPT init), frozen-after-
-init prompts, and a train-size sweep (100 / 800 / 3 800 MNIST images, full vs VPT). The plan and
-its sizes are in ``pipelines/_repro_plan.py``.
+on train800val200 with 3 seeds, test, ensemble the seeds, probe the frozen features), the prompt-length
+ablation (random vs SPT init, lr tuned per p), frozen-after-init prompts, and a train-size sweep
+(100 / 800 / 3 800 MNIST images, full vs VPT). The plan and its sizes are in
+``pipelines/_repro_plan.py``; tables, claims (paired differences, bootstrap intervals) and plots in
+``pipelines/_repro_report.py``.
 
 Incremental: a launch whose run folder (``runs/repro/<launch>/<stamp>``) holds ``results.json`` for
 the same spec is skipped; an interrupted one is resumed (``launch(resume=True)``). Stop it any
@@ -32,9 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _repro_plan import FULL, QUICK, Launch, Sizes, plan, spec_dict
+from _repro_plan import FULL, QUICK, Launch, Sizes, estimate_seconds, plan, spec_dict
 
-FULL_CMD = "nohup nice -n 5 .venv/bin/python pipelines/reproduce.py > runs/repro/full.log 2>&1 &"
+FULL_CMD = ("mkdir -p runs/repro && nohup nice -n 5 .venv/bin/python pipelines/reproduce.py "
+            ">> runs/repro/full.log 2>&1 &")
 
 
 # What makes two launches the same experiment (new spec sections, e.g. storage, do not).
@@ -122,9 +131,25 @@ def run_all(launches: list[Launch], sizes: Sizes, args: argparse.Namespace) -> d
     return timings
 
 
+def print_plan(launches: list[Launch], sizes: Sizes, args: argparse.Namespace) -> None:
+    """The launches in run order with their state (done / resume / new) and estimated minutes."""
+    left = 0.0
+    for i, (lc, spec) in enumerate(zip(launches, specs(launches, sizes, args), strict=True), 1):
+        state, _ = launch_state(spec)
+        minutes = estimate_seconds([lc], sizes)["total"] / 60
+        left += 0 if state == "done" else minutes
+        print(f"{i:3d}. {lc.name:<40} {lc.study:<7} {len(lc.tasks)} task(s) x {len(lc.lrs)} lr  "
+              f"~{minutes:5.1f} min  {state}")
+    est = estimate_seconds(launches, sizes)
+    print(f"estimate: {est['total'] / 3600:.1f} h in all (" + ", ".join(
+        f"{k} {v / 3600:.1f} h" for k, v in est.items() if k != "total") + f"); left: {left / 60:.1f} h")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI smoke: one backbone, 2 tasks, 1 epoch")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the launches in run order, whether each is done, and the time estimate")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild tables/plots/docs from finished launches")
     ap.add_argument("--root", default=None,
@@ -146,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     launches = plan(args.quick)
     command = ".venv/bin/python pipelines/reproduce.py --quick" if args.quick else FULL_CMD
+    if args.plan:
+        print_plan(launches, sizes, args)
+        return 0
+    est = estimate_seconds(launches, sizes)
+    print(f"plan: {len(launches)} launches, estimated {est['total'] / 3600:.1f} h on an idle 2-core machine "
+          "(finished launches are skipped)", flush=True)
     t0 = time.perf_counter()
     if not args.report_only:
         run_all(launches, sizes, args)
@@ -155,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     timings_path = Path(args.run_dir) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     publish(results, sizes, out=out, command=command, timings=timings, tracking_uri=args.tracking_uri,
-            experiment=args.experiment, full_cmd=command)
+            experiment=args.experiment, full_cmd=command, launches=launches)
     print(f"results: {out}  ({results['finished']}/{results['total']} launches finished; "
           f"this invocation took {time.perf_counter() - t0:.0f} s)", flush=True)
     return 0

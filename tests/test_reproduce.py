@@ -25,10 +25,14 @@ def repro():
 
 
 GROUPS = {"mini/a": "natural", "mini/b": "structured", "mini/c": "structured"}
+SEED_NOISE = (-0.01, 0.0, 0.01)  # per-seed offsets around a cell's mean
 
 
-def cell(mean: float, std: float = 0.01, tuned: float = 1.0) -> dict:
-    return {"mean": mean, "std": std, "tuned_percent": tuned}
+def cell(mean: float, std: float = 0.01, tuned: float = 1.0, ensemble: float | None = None,
+         noise: tuple[float, ...] = SEED_NOISE) -> dict:
+    """A results cell as _repro_report.collect builds it: per-seed test accuracies around ``mean``."""
+    return {"mean": mean, "std": std, "tuned_percent": tuned, "ensemble": ensemble,
+            "seeds": {str(i): mean + d for i, d in enumerate(noise)}}
 
 
 def table(**rows: tuple[float, float, float]) -> dict:
@@ -38,8 +42,8 @@ def table(**rows: tuple[float, float, float]) -> dict:
 
 
 def results(main: dict, length: dict | None = None, size: dict | None = None) -> dict:
-    return {"main": main, "length": length or {}, "frozen": {}, "size": size or {}, "groups": GROUPS,
-            "launches": [], "total": 1, "finished": 1}
+    return {"main": main, "length": length or {}, "frozen": {}, "size": size or {}, "probe": {},
+            "groups": GROUPS, "launches": [], "total": 1, "finished": 1}
 
 
 def test_main_table_means_groups_wins_and_tuned(repro) -> None:
@@ -56,6 +60,17 @@ def test_main_table_means_groups_wins_and_tuned(repro) -> None:
     assert "| vpt-deep | 60.0 ± 1.0 | 40.0 ± 1.0 | 35.0 ± 1.0 | 60.0 | 37.5 | 45.0 | 2/3 | 1.00 |" in md
 
 
+def test_probe_row_in_the_main_table(repro) -> None:
+    _, rep = repro
+    t = table(full=(0.5, 0.4, 0.3))
+    probe = {"mini/a": {"val": 0.7, "test": 0.8}, "mini/b": {"val": 0.2, "test": 0.3},
+             "mini/c": {"val": 0.1, "test": 0.2}}
+    rows = rep.main_table(rep.with_probe(t, probe), list(GROUPS), GROUPS)
+    md = rep.main_table_md(rows, list(GROUPS), GROUPS)
+    assert f"| {rep.PROBE_ROW} | 80.0 | 30.0 | 20.0 | 80.0 | 25.0 | 43.3 | 1/3 | – |" in md
+    assert rep.with_probe(t, {}) == t
+
+
 def test_missing_cells_give_no_mean(repro) -> None:
     _, rep = repro
     t = table(full=(0.5, 0.4, 0.3))
@@ -64,6 +79,65 @@ def test_missing_cells_give_no_mean(repro) -> None:
     assert row["mean"] is None and row["groups"]["structured"] is None and row["groups"]["natural"] == 0.5
 
 
+# --- the bootstrap --------------------------------------------------------------------------------
+def test_bootstrap_two_values_known_distribution(repro) -> None:
+    """One unit holding 0 and 1: the resampled mean is 0, 0.5, 1 with probability 1/4, 1/2, 1/4, so
+    the 2.5 % and 97.5 % percentiles are exactly 0 and 1."""
+    _, rep = repro
+    ci = rep.bootstrap_ci([[0.0, 1.0]])
+    assert ci == {"mean": 0.5, "lo": 0.0, "hi": 1.0, "units": 1, "cells": 2}
+
+
+def test_bootstrap_matches_the_exact_bootstrap_distribution(repro) -> None:
+    """Four units of one value: all 4^4 resamples enumerated give the exact percentile interval."""
+    import itertools
+
+    import numpy as np
+
+    _, rep = repro
+    vals = [0.0, 0.1, 0.3, 0.8]
+    exact = np.array([np.mean(c) for c in itertools.product(vals, repeat=4)])
+    lo, hi = np.percentile(exact, [2.5, 97.5])
+    ci = rep.bootstrap_ci([[v] for v in vals])
+    assert ci["mean"] == pytest.approx(0.3)
+    assert ci["lo"] == pytest.approx(lo, abs=0.02) and ci["hi"] == pytest.approx(hi, abs=0.02)
+    assert rep.bootstrap_ci([[v] for v in vals]) == ci  # fixed RNG seed: the same interval every time
+
+
+def test_bootstrap_normal_approximation_and_levels(repro) -> None:
+    import numpy as np
+
+    _, rep = repro
+    x = np.random.default_rng(1).normal(0.02, 0.05, size=400)
+    ci = rep.bootstrap_ci([[v] for v in x])
+    half = 1.96 * x.std() / np.sqrt(len(x))
+    assert ci["lo"] == pytest.approx(x.mean() - half, abs=0.15 * half)
+    assert ci["hi"] == pytest.approx(x.mean() + half, abs=0.15 * half)
+    assert rep.bootstrap_ci([]) is None and rep.bootstrap_ci([[]]) is None
+
+
+def test_bootstrap_resamples_tasks_not_only_seeds(repro) -> None:
+    """Seeds that agree inside each task but tasks that disagree: the interval must reflect the
+    spread between tasks (a bootstrap over the pooled cells would be far narrower)."""
+    _, rep = repro
+    units = [[0.10, 0.10, 0.10], [-0.06, -0.06, -0.06], [0.02, 0.02, 0.02]]
+    two_level = rep.bootstrap_ci(units)
+    one_per_task = rep.bootstrap_ci([[u[0]] for u in units])
+    assert two_level["lo"] == pytest.approx(one_per_task["lo"], abs=0.01)
+    assert two_level["lo"] < 0 < two_level["hi"]
+    assert two_level["cells"] == 9 and two_level["units"] == 3
+
+
+def test_verdict_rule(repro) -> None:
+    _, rep = repro
+    assert rep.verdict({"lo": 0.001, "hi": 0.2}) == "TRUE"
+    assert rep.verdict({"lo": -0.2, "hi": -0.001}) == "FALSE"
+    assert rep.verdict({"lo": -0.1, "hi": 0.1}) == "UNDECIDED"
+    assert rep.verdict({"lo": 0.0, "hi": 0.0}) == "UNDECIDED"  # no difference at all is not a win
+    assert rep.verdict(None) == "n/a"
+
+
+# --- the claims -----------------------------------------------------------------------------------
 def _spt_rows(vpt: tuple, spt: tuple) -> dict:
     rows = {"vpt_deep": vpt, "linear": (0.1, 0.1, 0.1)}
     rows.update({f"{s}_deep": spt for s in ("spt_mean", "spt_max", "spt_sample", "spt_kmeans")})
@@ -74,20 +148,40 @@ def _by_id(cs: list[dict]) -> dict:
     return {c["id"]: c for c in cs}
 
 
-def test_spt_claims_true_and_false(repro) -> None:
+def test_spt_claims_true_false_undecided(repro) -> None:
     _, rep = repro
-    main = {"sup": _spt_rows((0.5, 0.5, 0.5), (0.52, 0.5, 0.5)),
+    main = {"sup": _spt_rows((0.5, 0.5, 0.5), (0.52, 0.53, 0.51)),
             "mae": _spt_rows((0.4, 0.4, 0.4), (0.5, 0.5, 0.5))}
     c = _by_id(rep.claims(results(main)))
     assert c["spt_beats_vpt"]["verdict"] == "TRUE"
+    assert c["spt_beats_vpt"]["ci"]["units"] == 6 and c["spt_beats_vpt"]["ci"]["cells"] == 18
+    assert c["spt_beats_vpt"]["ci"]["mean"] == pytest.approx((0.02 + 0.03 + 0.01 + 0.3) / 6)
+    assert "sup/a +2.0" in c["spt_beats_vpt"]["numbers"]  # the paired per-task differences are shown
     assert c["spt_gain_larger_on_mae"]["verdict"] == "TRUE"
-    assert c["spt_beats_vpt"]["values"]["gain_mae"] == pytest.approx(0.1)
-    # SPT worse on one backbone -> FALSE; MAE gain smaller -> FALSE
-    main["mae"] = _spt_rows((0.5, 0.5, 0.5), (0.49, 0.5, 0.5))
+    assert c["spt_gain_larger_on_mae"]["ci"]["mean"] == pytest.approx(0.08)
+    # SPT worse everywhere -> FALSE; the MAE gain smaller -> FALSE
+    main["mae"] = _spt_rows((0.5, 0.5, 0.5), (0.45, 0.44, 0.46))
+    main["sup"] = _spt_rows((0.5, 0.5, 0.5), (0.47, 0.46, 0.48))
     c = _by_id(rep.claims(results(main)))
     assert c["spt_beats_vpt"]["verdict"] == "FALSE"
     assert c["spt_gain_larger_on_mae"]["verdict"] == "FALSE"
-    assert "vs VPT-deep random 50.0" in c["spt_beats_vpt"]["numbers"]
+    # better on some tasks, worse on others -> UNDECIDED
+    main = {"sup": _spt_rows((0.5, 0.5, 0.5), (0.6, 0.45, 0.5)),
+            "mae": _spt_rows((0.5, 0.5, 0.5), (0.4, 0.55, 0.5))}
+    assert _by_id(rep.claims(results(main)))["spt_beats_vpt"]["verdict"] == "UNDECIDED"
+
+
+def test_claims_pair_the_same_seed(repro) -> None:
+    """A seed effect shared by both rows cancels in the paired difference (TRUE), although the two
+    rows' seed spreads overlap."""
+    _, rep = repro
+    noise = (-0.2, 0.0, 0.2)
+    main = {"sup": {
+        "vpt-deep": {t: cell(0.5, noise=noise) for t in GROUPS},
+        "linear": {t: cell(0.49, noise=noise) for t in GROUPS},
+    }}
+    c = _by_id(rep.claims(results(main)))["vpt_beats_linear_structured"]
+    assert c["verdict"] == "TRUE" and c["ci"]["lo"] == pytest.approx(0.01)
 
 
 def test_structured_claim_uses_only_structured_tasks(repro) -> None:
@@ -95,55 +189,108 @@ def test_structured_claim_uses_only_structured_tasks(repro) -> None:
     # VPT loses badly on the natural task but wins on the structured ones: TRUE
     main = {"sup": table(vpt_deep=(0.1, 0.6, 0.6), linear=(0.9, 0.5, 0.5))}
     c = _by_id(rep.claims(results(main)))["vpt_beats_linear_structured"]
-    assert c["verdict"] == "TRUE" and "higher on 2" in c["numbers"]
-    main = {"sup": table(vpt_deep=(0.9, 0.4, 0.6), linear=(0.1, 0.5, 0.6))}
+    assert c["verdict"] == "TRUE" and c["ci"]["units"] == 2 and "sup/b +10.0" in c["numbers"]
+    main = {"sup": table(vpt_deep=(0.9, 0.4, 0.45), linear=(0.1, 0.5, 0.6))}
     assert _by_id(rep.claims(results(main)))["vpt_beats_linear_structured"]["verdict"] == "FALSE"
+
+
+def _curve(accs: dict[int, float]) -> dict:
+    return {p: cell(a) for p, a in accs.items()}
 
 
 def test_length_sensitivity_claim(repro) -> None:
     _, rep = repro
-    flat = {"mini/a": {1: 0.50, 5: 0.52, 50: 0.51}, "mini/b": {1: 0.3, 5: 0.3, 50: 0.32}}
-    steep = {"mini/a": {1: 0.20, 5: 0.40, 50: 0.60}, "mini/b": {1: 0.1, 5: 0.3, 50: 0.2}}
-    s = rep.sensitivity(steep)
-    assert s["range"] == pytest.approx(0.3)  # mean of 0.4 and 0.2
+    flat = {"mini/a": _curve({1: 0.50, 5: 0.52, 50: 0.51}), "mini/b": _curve({1: 0.3, 5: 0.3, 50: 0.32})}
+    steep = {"mini/a": _curve({1: 0.20, 5: 0.40, 50: 0.60}), "mini/b": _curve({1: 0.1, 5: 0.3, 50: 0.2})}
+    assert rep.seed_ranges(steep["mini/a"]) == {"0": pytest.approx(0.4), "1": pytest.approx(0.4),
+                                                "2": pytest.approx(0.4)}
     c = _by_id(rep.claims(results({}, length={"sup": {"random": steep, "spt-kmeans": flat}})))
     assert c["spt_less_length_sensitive"]["verdict"] == "TRUE"
+    assert c["spt_less_length_sensitive"]["ci"]["mean"] == pytest.approx(((0.4 - 0.02) + (0.2 - 0.02)) / 2)
     c = _by_id(rep.claims(results({}, length={"sup": {"random": flat, "spt-kmeans": steep}})))
     assert c["spt_less_length_sensitive"]["verdict"] == "FALSE"
-    assert rep.sensitivity({"mini/a": {1: 0.5}})["range"] is None  # one length: no sensitivity
+    assert rep.seed_ranges({1: cell(0.5)}) == {}  # one length: no sensitivity
 
 
 def test_train_size_claim_needs_a_growing_gap(repro) -> None:
     _, rep = repro
     tasks = ("repro/mnist_n100", "repro/mnist_n800", "repro/mnist_nall")
 
-    def size(full: tuple, vpt: tuple) -> dict:
+    def size(full: tuple, vpt: tuple, noise: tuple = SEED_NOISE) -> dict:
         return {"full": {t: cell(a) for t, a in zip(tasks, full, strict=True)},
-                "vpt-deep": {t: cell(a) for t, a in zip(tasks, vpt, strict=True)}}
+                "vpt-deep": {t: cell(a, noise=noise) for t, a in zip(tasks, vpt, strict=True)}}
 
-    grow = rep.claims(results({}, size=size((0.3, 0.6, 0.9), (0.5, 0.6, 0.7))))
-    grow = _by_id(grow)["full_gains_with_data"]
-    assert grow["verdict"] == "TRUE"
-    assert grow["values"] == {"gap_n100": pytest.approx(-0.2), "gap_n800": pytest.approx(0.0),
-                              "gap_n3800": pytest.approx(0.2)}
-    dip = _by_id(rep.claims(results({}, size=size((0.3, 0.8, 0.9), (0.5, 0.6, 0.8)))))["full_gains_with_data"]
-    assert dip["verdict"] == "FALSE"  # gap -0.2, +0.2, +0.1: shrinks at the last step
+    def claim(sizes: dict) -> dict:
+        return _by_id(rep.claims(results({}, size=sizes)))["full_gains_with_data"]
+
+    grow = claim(size((0.3, 0.6, 0.9), (0.5, 0.6, 0.7)))
+    assert grow["verdict"] == "TRUE" and grow["ci"]["mean"] == pytest.approx(0.4)
+    assert grow["values"]["gap_n100"] == pytest.approx(-0.2)
+    assert grow["values"]["gap_n3800"] == pytest.approx(0.2)
+    assert claim(size((0.6, 0.6, 0.7), (0.5, 0.6, 0.7)))["verdict"] == "FALSE"
+    # the seeds disagree (per seed: -8, +2, +12 points): UNDECIDED
+    noisy = size((0.5, 0.6, 0.52), (0.5, 0.6, 0.5))
+    noisy["vpt-deep"]["repro/mnist_n100"] = cell(0.5, noise=(-0.05, 0.0, 0.05))
+    noisy["vpt-deep"]["repro/mnist_nall"] = cell(0.5, noise=(0.05, 0.0, -0.05))
+    c = claim(noisy)
+    assert c["verdict"] == "UNDECIDED"
+    assert (c["ci"]["lo"], c["ci"]["hi"]) == (pytest.approx(-0.08), pytest.approx(0.12))
+
+
+def test_ensemble_claim(repro) -> None:
+    _, rep = repro
+
+    def rows(gain_a: float, gain_b: float) -> dict:
+        out = {}
+        for r in rep.DEEP_PROMPT_ROWS:
+            out[r] = {"mini/a": cell(0.5, ensemble=0.5 + gain_a), "mini/b": cell(0.3, ensemble=0.3 + gain_b)}
+        return out
+
+    c = _by_id(rep.claims(results({"sup": rows(0.02, 0.01), "mae": rows(0.03, 0.01)})))
+    e = c["ensemble_beats_seed_mean"]
+    assert e["verdict"] == "TRUE" and e["ci"]["units"] == 4 and e["ci"]["cells"] == 4 * 5
+    assert e["ci"]["mean"] == pytest.approx((0.02 + 0.01 + 0.03 + 0.01) / 4)
+    c = _by_id(rep.claims(results({"sup": rows(-0.02, -0.01)})))
+    assert c["ensemble_beats_seed_mean"]["verdict"] == "FALSE"
+    c = _by_id(rep.claims(results({"sup": rows(0.02, -0.03)})))
+    assert c["ensemble_beats_seed_mean"]["verdict"] == "UNDECIDED"
+    md = rep.ensemble_table_md(results({"sup": rows(0.02, 0.01)}))
+    assert "| vpt-deep | 52.0 (+2.0) | 31.0 (+1.0) | +1.5 |" in md
 
 
 def test_missing_launches_read_na(repro) -> None:
     _, rep = repro
     cs = rep.claims(results({"sup": table(full=(0.5, 0.5, 0.5))}))
     assert {c["verdict"] for c in cs} == {"n/a"}
+    # every cell there, but a launch the claim needs is unfinished: n/a, not a verdict on part of it
+    res = results({"sup": table(vpt_deep=(0.6, 0.6, 0.6), linear=(0.1, 0.1, 0.1))})
+    res["launches"] = [{"name": "x", "study": "main", "backbone": "mae", "variant": "linear", "done": False,
+                        "run_dir": None}]
+    c = _by_id(rep.claims(res))["vpt_beats_linear_structured"]
+    assert c["verdict"] == "n/a" and c["numbers"] == "waiting for launches"
 
 
-def test_document_marks_partial_runs(repro) -> None:
+def test_document_marks_partial_runs_and_counts_only_this_plans_timings(repro, tmp_path: Path) -> None:
     plan, rep = repro
     res = results({"sup": table(full=(0.5, 0.4, 0.3), vpt_deep=(0.6, 0.4, 0.35))})
-    res.update(total=30, finished=2)
-    text = rep.document(res, plan.FULL, command="python pipelines/reproduce.py", timings={}, full_cmd="X",
-                        plot_names=[], plot_dir="results")
+    run = tmp_path / "repro_main_sup_full" / "20270101-000000"
+    res.update(total=30, finished=2, launches=[
+        {"name": "repro_main_sup_full", "study": "main", "backbone": "sup", "variant": "full", "done": True,
+         "run_dir": str(run)},
+        {"name": "repro_main_sup_vpt_deep", "study": "main", "backbone": "sup", "variant": "vpt-deep",
+         "done": True, "run_dir": str(tmp_path / "b")}])
+    timings = {"repro_main_sup_full": {"status": "done", "seconds": 120.0, "run_dir": str(run)},
+               # an older plan's launch of the same name (another run folder): not this run's time
+               "repro_main_sup_vpt_deep": {"status": "done", "seconds": 999.0,
+                                           "run_dir": str(tmp_path / "old")}}
+    text = rep.document(res, plan.FULL, command="python pipelines/reproduce.py", timings=timings,
+                        full_cmd="X", plot_names=[], plot_dir="results", launches=plan.plan(False))
     assert "**Partial: 2 of 30 launches finished.**" in text
     assert "`python pipelines/reproduce.py`" in text and "## Claims" in text
+    assert "2.0 min for 1 launch(es)" in text
+    assert "`head.norm: batchnorm` for every method" in text and "15 epoch(s) (2 warm-up" in text
+    assert "two-level percentile bootstrap (10,000 resamples" in text
+    assert "Estimated wall time of the whole plan" in text
 
 
 def test_plan_specs_validate_and_cover_the_issue(repro, tmp_path: Path) -> None:
@@ -158,16 +305,59 @@ def test_plan_specs_validate_and_cover_the_issue(repro, tmp_path: Path) -> None:
         for v in ("full", "linear", "bias", "adapter", "vpt-shallow", "vpt-deep",
                   "spt-mean-deep", "spt-max-deep", "spt-sample-deep", "spt-kmeans-deep"):
             assert (bb, v) in main
+    assert plan.FULL.epochs >= 15 and plan.FULL.final_seeds == (0, 1, 2) and plan.FULL.lr_points >= 3
+    lengths = {}
     for lc in launches:
         spec = spec_from_dict(plan.spec_dict(lc, plan.FULL, run_dir=str(tmp_path), tracking_uri="sqlite:///x.db",
                                              experiment="repro"))
-        assert spec.protocol.final_seeds == (0, 1, 2) and spec.experiment == "repro"
-        assert spec.search.algorithm == "grid"
+        assert spec.protocol.final_seeds == (0, 1, 2) and spec.experiment == "repro" and spec.protocol.probe
+        assert spec.search.algorithm == "grid" and spec.search.trials_per_task == len(lc.lrs) >= 3
+        assert spec.params["head.norm"].values == ("batchnorm",)
+        assert spec.training.optimizer == "sgd" and spec.training.prompt_dropout_mask == "sample"
+        assert spec.training.epochs == plan.FULL.epochs
+        assert spec.training.warmup_epochs == plan.FULL.warmup_epochs
+        if lc.study == "main":
+            assert set(spec.suite) == set(plan.TASKS)
         if lc.study == "frozen":
             assert spec.params["prompt.frozen"].values == (True,)
         if lc.study == "length":
-            assert spec.params["prompt.length"].values == plan.LENGTHS
-            assert spec.search.trials_per_task == len(plan.LENGTHS)
+            p = spec.params["prompt.length"].values[0]
+            lengths.setdefault((lc.backbone, lc.extra["init"]), set()).add(p)
+    # every (backbone, init) has every length but the main table's p, which the main rows provide
+    others = set(plan.LENGTHS) - {plan.FULL.prompt_length}
+    assert lengths == {(bb, i): others for bb in plan.BACKBONES for i in ("random", "spt-kmeans")}
+    assert {v for _, v in main} >= {"vpt-deep", "spt-kmeans-deep"}
+    # the claims' launches come before the rest of the main table and the frozen study
+    studies = [lc.study for lc in launches]
+    assert studies.index("size") < names.index("repro_main_sup_bias") < studies.index("frozen")
+
+
+def test_quick_plan_specs_validate(repro, tmp_path: Path) -> None:
+    plan, _ = repro
+    from vptsearch.spec import spec_from_dict
+
+    launches = plan.plan(quick=True)
+    assert len(launches) == 10 and {lc.study for lc in launches} == {"main", "length", "size", "frozen"}
+    for lc in launches:
+        spec = spec_from_dict(plan.spec_dict(lc, plan.QUICK, run_dir=str(tmp_path), tracking_uri="sqlite:///x.db",
+                                             experiment="repro-quick"), source=lc.name)
+        assert spec.training.epochs == 1 and spec.protocol.final_seeds == (0, 1)  # 2 seeds: an ensemble
+        assert spec.params["head.norm"].values == ("batchnorm",) and spec.search.trials_per_task == 1
+
+
+def test_cost_model_reproduces_the_2_epoch_run(repro) -> None:
+    """The estimate's constant comes from the published 2-epoch run: its main study (20 launches,
+    2 lr values, 2 epochs) must come out at the measured 53.4 min."""
+    plan, _ = repro
+    from dataclasses import replace
+
+    old = replace(plan.FULL, epochs=2, warmup_epochs=1, lr_points=2)
+    main = [replace(lc, lrs=lc.lrs[:2]) for lc in plan.plan(False) if lc.study == "main"]
+    assert len(main) == 20
+    assert plan.estimate_seconds(main, old)["total"] / 60 == pytest.approx(53.4, abs=0.2)
+    est = plan.estimate_seconds(plan.plan(False), plan.FULL)
+    assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
+    assert 5 * 3600 < est["total"] < 20 * 3600
 
 
 @pytest.mark.slow
@@ -197,12 +387,15 @@ def _full_results() -> dict:
     res = results(
         {"sup": _spt_rows((0.5, 0.5, 0.5), (0.6, 0.5, 0.5)),
          "mae": _spt_rows((0.4, 0.4, 0.4), (0.6, 0.5, 0.5))},
-        length={"sup": {"random": {"mini/a": {1: 0.2, 50: 0.6}},
-                        "spt-kmeans": {"mini/a": {1: 0.5, 50: 0.55}}}},
+        length={"sup": {"random": {"mini/a": _curve({1: 0.2, 50: 0.6})},
+                        "spt-kmeans": {"mini/a": _curve({1: 0.5, 50: 0.55})}}},
         size={"full": {t: cell(a) for t, a in zip(size_tasks, (0.3, 0.6, 0.9), strict=True)},
               "vpt-deep": {t: cell(a) for t, a in zip(size_tasks, (0.5, 0.6, 0.7), strict=True)}},
     )
     res["frozen"] = {"sup": {"random": {"mini/a": cell(0.3)}}}
+    res["main"]["sup"]["vpt-deep"]["mini/a"]["ensemble"] = 0.56
+    res["probe"] = {"sup": {"mini/a": {"val": 0.7, "test": 0.8},
+                            "repro/mnist_n100": {"val": 0.5, "test": 0.4}}}
     return res
 
 
@@ -215,10 +408,14 @@ def test_page_and_plots(repro, tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 for p in pngs)
     text = rep.document(res, plan.FULL, command="c", timings={}, full_cmd="X",
                         plot_names=[p.name for p in pngs], plot_dir="results")
-    assert "- **TRUE** — SPT-deep > random-init VPT-deep on average" in text
+    assert "- **TRUE** — SPT-deep > random-init VPT-deep. Rule: paired" in text
     assert "| random, frozen after init | 30.0 ± 1.0 |" in text
     assert "![train_size_sweep.png](results/train_size_sweep.png)" in text
     assert "| vpt-deep | 50.0 ± 1.0 | 60.0 ± 1.0 | 70.0 ± 1.0 |" in text  # the train-size table
+    assert "| full − vpt-deep (95 % CI over seeds) | -20.0 [-20.0, -20.0] |" in text
+    assert "| probe (frozen features) | 40.0 | – | – |" in text
+    assert "| vpt-deep | 56.0 (+6.0) |" in text  # the ensemble table
+    assert f"| {rep.PROBE_ROW} | 80.0 | – | – |" in text
 
 
 @pytest.mark.slow
@@ -236,7 +433,7 @@ def test_publish_writes_page_plots_and_mlflow_run(repro, tmp_path: Path, monkeyp
         rep.publish(res, plan.FULL, out=out, command="python pipelines/reproduce.py", timings={},
                     tracking_uri=uri, experiment="repro", full_cmd="X")
     text = out.read_text()
-    assert "- **TRUE** — SPT-deep > random-init VPT-deep on average" in text
+    assert "- **TRUE** — SPT-deep > random-init VPT-deep. Rule: paired" in text
     assert "| random, frozen after init | 30.0 ± 1.0 |" in text
     for name in ("acc_vs_prompt_length.png", "train_size_sweep.png", "main_table.png"):
         assert (tmp_path / "docs" / "results" / name).stat().st_size > 1000

@@ -325,3 +325,15 @@ def test_vtab_layout_without_train800val200_uses_the_union(tmp_path, out, capsys
     )
     _, y = load_split("custom/u", "train800val200", out)
     assert y.tolist() == [int(line.split()[1]) for line in lists["train800"] + lists["val200"]]
+
+
+def test_lists_with_crlf_blank_lines_and_spaces_in_paths(tmp_path, out, capsys):
+    src = tmp_path / "w"
+    _, lists = make_task_folder(src)
+    (src / "images" / "test" / "15.png").rename(src / "images" / "test" / "my photo 15.png")
+    lines = [line.replace("images/test/15.png", "images/test/my photo 15.png") for line in lists["test"]]
+    (src / "test.txt").write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())  # made on Windows
+    rc, _, err = run(capsys, "data", "import-vtab", str(src), "--task", "w")
+    assert rc == 0, err
+    _, y = load_split("custom/w", "test", out)
+    assert y.tolist() == [int(line.split()[-1]) for line in lines]

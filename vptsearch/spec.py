@@ -362,6 +362,13 @@ def _type_name(v: Any) -> str:
     return repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
 
 
+def _list_name(v: Any) -> str:
+    """What a value that should be a non-empty list is: "an empty list" beats "list"."""
+    if isinstance(v, list) and not v:
+        return "an empty list"
+    return "null" if v is None else _type_name(v)
+
+
 def _expect(path: str, v: Any, kind: str) -> Any:
     """Check a scalar's type; ints are accepted where floats are expected."""
     ok = {
@@ -405,7 +412,7 @@ def _section(path: str, raw: Any, cls: type) -> Any:
             values[f.name] = dict(v)
         elif f.name == "final_seeds":
             if not isinstance(v, list) or not v:
-                raise _err(key, f"expected a non-empty list of integer seeds, got {_type_name(v)}")
+                raise _err(key, f"expected a non-empty list of integer seeds, got {_list_name(v)}")
             values[f.name] = tuple(_expect(f"{key}[{i}]", s, "int") for i, s in enumerate(v))
         elif t.startswith("int"):
             values[f.name] = _expect(key, v, "int")
@@ -441,7 +448,7 @@ def _param(name: str, raw: Any, path: str) -> Param:
     kpath = f"{path}.{kind}"
     if kind == "choice":
         if not isinstance(vals, list) or not vals:
-            raise _err(kpath, f"expected a non-empty list, got {_type_name(vals)}")
+            raise _err(kpath, f"expected a non-empty list of values, got {_list_name(vals)}")
         for i, v in enumerate(vals):
             problem = d.check(v)
             if problem:
@@ -476,7 +483,10 @@ def _method(raw: Any) -> Param:
             raise _err("method", "expected a method name or {choice: [...]}; accepted: " + ", ".join(METHODS))
         vals = raw["choice"]
         if not isinstance(vals, list) or not vals:
-            raise _err("method.choice", f"expected a non-empty list of methods, got {_type_name(vals)}")
+            raise _err(
+                "method.choice",
+                f"expected a non-empty list of methods ({', '.join(METHODS)}), got {_list_name(vals)}",
+            )
         for i, v in enumerate(vals):
             if v not in METHODS:
                 raise _err(
@@ -674,10 +684,22 @@ def smoke_spec(spec: SearchSpec) -> SearchSpec:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    accepted = "accepted: a search space YAML file, e.g. search_spaces/*.yaml"
+    if path.is_dir():
+        raise ConfigError(f"search space {str(path)!r} is a directory, not a file; {accepted}")
     if not path.is_file():
-        raise ConfigError(f"search space file {str(path)!r} does not exist; see search_spaces/*.yaml")
+        raise ConfigError(f"search space file {str(path)!r} does not exist; {accepted}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "accepted: a UTF-8 YAML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"search space file {str(path)!r} cannot be read ({exc.strerror}); {accepted}"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -59,7 +59,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a launch's tracking store")
     p.add_argument("--space", help="search space YAML: use its latest launch's tracking URI")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the space's latest launch's, "
+                   "else $MLFLOW_TRACKING_URI, else the space's tracking.uri, else sqlite:///mlflow.db)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--experiment", help="experiment whose runs page to print (default: the space's)")
     p.add_argument("--stop", action="store_true", help="stop the UI this command started")
@@ -69,6 +70,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check versions, data, backbones and tracking")
     p.add_argument("--space", help="also check this search space (spec, data, backbone, tracking)")
     p.add_argument("--root", help="data root (default: $VPTSEARCH_DATA or ~/.cache/vptsearch/shards)")
+    p.add_argument("--tracking-uri",
+                   help="check this MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                        "space's tracking.uri, else sqlite:///mlflow.db)")  # fmt: skip
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("sync", help="replay a launch's MLflow writes the tracking store missed")
@@ -106,12 +110,22 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from vptsearch.search import launch
+    from vptsearch.search._driver import LaunchInterrupted, launch
     from vptsearch.spec import load_spec
 
     spec = load_spec(args.space, overrides=args.set, smoke=args.smoke)
-    launch(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
-           dashboard=not args.no_dashboard, storage=args.storage)  # fmt: skip
+    try:
+        summary = launch(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
+                         dashboard=not args.no_dashboard, storage=args.storage)  # fmt: skip
+    except LaunchInterrupted as exc:
+        exc.space = args.space  # the resume hint names the file this launch was given
+        raise
+    problems = summary.problems()
+    if problems:  # ran to the end, but not every task has a result: a script must notice
+        print(f"vptsearch: error: launch {summary.launch_id} finished without a result: "
+              f"{'; '.join(problems)}; see {summary.run_dir / 'report' / 'summary.md'}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -138,22 +152,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args)
     res = json.loads((run_dir / RESULTS_FILE).read_text())
     table = Table(title=f"vptsearch launch {res['launch_id']}")
-    for col in ("task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "c/p/d/f"):
+    for col in ("task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "ensemble test",
+                "probe val / test", "c/p/d/f"):  # fmt: skip
         table.add_column(col)
+
+    def pct(v: Any) -> str:
+        return "-" if v is None or v != v else f"{100 * v:.2f}"
+
     for r in res["rows"]:
         test = "-" if r["test_mean"] is None or r["test_mean"] != r["test_mean"] else \
             f"{100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}"  # fmt: skip
+        probe = "-" if r.get("probe_test") is None else f"{pct(r.get('probe_val'))} / {pct(r['probe_test'])}"
         table.add_row(
             r["task"], r["group"], str(r["method"] or "-"), str(r["p"] or "-"), str(r["init"] or "-"),
             "-" if r["tuned_percent"] is None else f"{r['tuned_percent']:.3f}",
-            "-" if r["val_acc"] is None else f"{100 * r['val_acc']:.2f}", test,
+            pct(r["val_acc"]), test, pct(r.get("ensemble_test")), probe,
             "/".join(str(r[k]) for k in ("completed", "pruned", "diverged", "failed")),
         )  # fmt: skip
-    console = Console(width=None if sys.stdout.isatty() else 140)  # pipes get the full table
+    console = Console(width=None if sys.stdout.isatty() else 160)  # pipes get the full table
     console.print(table)
+    if res.get("error"):
+        console.print(f"the launch failed after its search: {res['error']}", soft_wrap=True)
+    where = res.get("bundles_dir")
+    console.print(f"bundles: {where} (this launch's; <suite>__<task> folders)" if where else
+                  "bundles: none exported by this launch", soft_wrap=True)  # fmt: skip
     for task, t in res["tasks"].items():
         inits = ", ".join(f"{k} {100 * v['val_acc']:.2f}" for k, v in t["per_init"].items())
-        console.print(f"{task}: best val per init strategy: {inits or '-'}")
+        console.print(f"{task}: best val per init strategy: {inits or '-'}", soft_wrap=True)
     if args.trials:
         import pandas as pd
 
@@ -198,6 +223,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # --- ui -------------------------------------------------------------------------------------------
 def _ui_uri(args: argparse.Namespace) -> str:
+    """``--tracking-uri``, else the store the space's latest launch recorded, else
+    ``$MLFLOW_TRACKING_URI``, else the space's ``tracking.uri``, else ``sqlite:///mlflow.db`` (the
+    launch's own order, with what a launch actually used first)."""
     from vptsearch.search._tracking import check_tracking_uri
 
     if args.tracking_uri:
@@ -208,7 +236,12 @@ def _ui_uri(args: argparse.Namespace) -> str:
 
         run_dir = latest_run_dir(load_spec(args.space))
         if run_dir is not None and (run_dir / "tracking.json").is_file():
-            return json.loads((run_dir / "tracking.json").read_text())["uri"]
+            return str(json.loads((run_dir / "tracking.json").read_text())["uri"])
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    if args.space:
+        from vptsearch.spec import load_spec
+
         return check_tracking_uri(load_spec(args.space).tracking.uri)
     return check_tracking_uri("sqlite:///mlflow.db")
 
@@ -264,6 +297,99 @@ def _stop(pid: int, timeout: float = 15.0) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Refuse a port something already listens on (another MLflow server answering /health used
+    to pass for ours while ours had failed to bind)."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} is in use on {host}; pass --port with a free port "
+                    "(or stop what listens there)"
+                ) from None
+            raise ConfigError(f"--port {port}: cannot bind {host}:{port} ({exc.strerror})") from None
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP ``port`` (Linux /proc/net/tcp*; None where there is none)."""
+    found, tables = set(), [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return None
+    for table in tables:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(f[9])
+    return found
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (our `mlflow ui` and the server workers it starts)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                # field 5 of /proc/PID/stat, counted after the parenthesised command name
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def bound_by(port: int, pgid: int) -> bool | None:
+    """Whether a process of group ``pgid`` holds the socket listening on ``port`` (None: unknown,
+    no /proc)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for pid in _group_pids(pgid):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in wanted:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _wait_for_ui(proc: subprocess.Popen, port: int, url: str, timeout: float) -> None:
+    """Until our server answers /health while alive and bound to ``port``; else one ConfigError."""
+    log = UI_STATE.with_suffix(".log")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ConfigError(f"mlflow ui exited with status {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                pass
+        except OSError:
+            pass
+        else:
+            ours = bound_by(port, proc.pid)
+            if proc.poll() is None and ours is not False:
+                return
+            if ours is False and time.monotonic() > deadline - timeout + 5:  # answered, not by us
+                raise ConfigError(f"port {port} is in use by another server; pass --port with a free port")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"mlflow ui did not answer on {url} within {timeout:.0f} s; see {log}")
+        time.sleep(0.5)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     if args.stop:
         if not UI_STATE.is_file():
@@ -280,6 +406,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
            "--port", str(args.port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     if args.foreground:
+        check_port_free(args.port)
         print(f"MLflow UI: {_ui_page(url, uri, args)}\n  (store {uri}); Ctrl-C stops it")
         return subprocess.call(cmd, env=env)
     UI_STATE.parent.mkdir(exist_ok=True)
@@ -287,21 +414,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"a vptsearch ui is already running ({UI_STATE}); stop it with `vptsearch ui --stop`"
         )
+    check_port_free(args.port)
     with open(UI_STATE.with_suffix(".log"), "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     UI_STATE.write_text(json.dumps({"pid": proc.pid, "url": url, "uri": uri}))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            UI_STATE.unlink()
-            raise ConfigError(
-                f"mlflow ui exited with status {proc.returncode}; see {UI_STATE.with_suffix('.log')}"
-            )
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
+    try:
+        _wait_for_ui(proc, args.port, url, timeout=60.0)
+    except BaseException:
+        _stop(proc.pid)
+        UI_STATE.unlink(missing_ok=True)
+        raise
     page = _ui_page(url, uri, args)
     print(f"MLflow UI: {page}\n  (store {uri}, pid {proc.pid}); stop it with `vptsearch ui --stop`")
     return 0
@@ -359,21 +481,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     prom = _monitor.find_prometheus()
     line(None, "prometheus", f"{prom}: `vptsearch monitor` charts a launch" if prom else
          "not installed: `vptsearch monitor` needs it (apt-get install prometheus)")  # fmt: skip
+    spec_uri = None
     if args.space:
         try:
-            _doctor_space(args.space, line)
+            spec_uri = _doctor_space(args.space, line)
         except VptsearchError as exc:
             line(False, f"space {args.space}", str(exc))
+    _doctor_tracking(args.tracking_uri, spec_uri, line)
     print("all checks passed" if not problems else f"{problems} problem(s) found")
     return 0 if not problems else 1
 
 
-def _doctor_space(path: str, line: Any) -> None:
+def _doctor_space(path: str, line: Any) -> str:
     import dataclasses
 
     from vptsearch.data import data_root, resolve_tasks
     from vptsearch.search._driver import check_data
-    from vptsearch.search._tracking import check_tracking_uri
     from vptsearch.spec import load_spec
     from vptsearch.train import get_backbone
 
@@ -388,4 +511,18 @@ def _doctor_space(path: str, line: Any) -> None:
         line(None if load_spec(path).build_missing else False, "data", str(exc))
     b = get_backbone(spec)
     line(True, "backbone", f"{spec.backbone.name} ({b.source}, sha256 {str(b.sha256)[:12]}...)")
-    line(True, "tracking", check_tracking_uri(spec.tracking.uri))
+    return spec.tracking.uri
+
+
+def _doctor_tracking(flag: str | None, spec_uri: str | None, line: Any) -> None:
+    """The store a launch would use: ``--tracking-uri``, else $MLFLOW_TRACKING_URI, else the
+    space's ``tracking.uri``, else the default ``sqlite:///mlflow.db`` (launch's order)."""
+    from vptsearch.search._tracking import check_tracking_uri, tracking_uri_for
+
+    uri = tracking_uri_for(flag, spec_uri or "sqlite:///mlflow.db")
+    source = ("--tracking-uri" if flag else "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+              else "the space's tracking.uri" if spec_uri else "default")  # fmt: skip
+    try:
+        line(True, "tracking", f"{check_tracking_uri(uri)} (from {source})")
+    except VptsearchError as exc:
+        line(False, "tracking", f"{exc} (from {source})")

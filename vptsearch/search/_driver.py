@@ -8,11 +8,13 @@ is checked before Ray starts a single trial. All tasks share one Tune experiment
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,20 @@ SPEC_FILE, RESULTS_FILE = "spec.yaml", "results.json"
 
 
 class LaunchInterrupted(VptsearchError):
-    """The driver stopped before every trial finished; ``--resume`` continues it."""
+    """The driver stopped before every trial finished; ``--resume`` continues it.
+
+    ``space``: the search space file to name in the resume hint (the CLI sets the one it was given).
+    """
+
+    def __init__(self, phase: str, finished: int, total: int, space: str | None = None) -> None:
+        self.phase, self.finished, self.total, self.space = phase, finished, total, space
+        super().__init__(phase, finished, total, space)
+
+    def __str__(self) -> str:
+        return (
+            f"the {self.phase} phase stopped with {self.finished}/{self.total} trials finished; "
+            f"continue with `vptsearch launch --space {self.space or 'SPACE.yaml'} --resume`"
+        )
 
 
 @dataclass
@@ -51,6 +66,20 @@ class LaunchSummary:
     seconds: float = 0.0
     unsynced: int = 0  # MLflow writes still in the spool (tracking store unreachable at the end)
 
+    def problems(self) -> list[str]:
+        """Why the launch has no result for some task (the CLI then exits 1): a task whose search
+        completed no trial, a task with no exported bundle, or nothing exported at all."""
+        out = []
+        for r in self.rows:
+            counts = ", ".join(f"{r.get(k, 0)} {k}" for k in ("completed", "pruned", "diverged", "failed"))
+            if r.get("val_acc") is None:
+                out.append(f"task {r['task']} has no completed trial ({counts})")
+            elif r["task"] not in self.bundles:
+                out.append(f"task {r['task']} was not exported (no final seed completed)")
+        if not self.bundles:
+            out.append("nothing was exported")
+        return out
+
 
 # --- run folders ----------------------------------------------------------------------------------
 def launches_dir(spec: SearchSpec) -> Path:
@@ -58,12 +87,56 @@ def launches_dir(spec: SearchSpec) -> Path:
 
 
 def latest_run_dir(spec: SearchSpec) -> Path | None:
+    from vptsearch.search._exports import stamp_key
+
     base = launches_dir(spec)
-    runs = sorted(p for p in base.glob("*") if (p / SPEC_FILE).is_file()) if base.is_dir() else []
-    return runs[-1] if runs else None
+    runs = [p for p in base.glob("*") if (p / SPEC_FILE).is_file()] if base.is_dir() else []
+    # chronological, not lexical: ``...-10`` (the 10th launch in a second) comes after ``...-2``
+    return max(runs, key=lambda p: stamp_key(p.name)) if runs else None
 
 
-def _prepare_run_dir(spec: SearchSpec, resume: bool) -> tuple[Path, SearchSpec]:
+def allocate_run_dir(base: Path, stamp: str | None = None) -> Path:
+    """Create and return a launch folder ``base/<stamp>`` that no other launch has.
+
+    ``mkdir`` without ``exist_ok`` is the atomic claim: two launches started in the same second
+    both try ``<stamp>``, one wins, the other moves on to ``<stamp>-1`` (then ``-2`` ...). The
+    folder's name is the launch id, so a launch owns its Tune experiment, Optuna journal, MLflow
+    runs and bundles from its first moment (the stamp used to be created only after preflight
+    and Ray start, with ``exist_ok=True``, and two launches shared everything).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    for n in range(10_000):
+        path = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"{base}: 10000 launches named {stamp!r} already; remove old run folders")
+
+
+def _created_dirs(path: Path) -> list[Path]:
+    """``path`` and its missing parents (what allocating it will create), innermost first."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Undo the folders a launch created if it failed before writing anything in them."""
+    for d in dirs:
+        try:
+            d.rmdir()  # only ever removes an empty folder: nothing computed is lost
+        except OSError:
+            return
+
+
+def _prepare_run_dir(spec: SearchSpec, resume: bool) -> tuple[Path, SearchSpec, list[Path]]:
+    """The launch folder (allocated now, or the latest one with ``--resume``), the spec to use,
+    and the folders created here (removed again if the launch fails before using them)."""
     if resume:
         run_dir = latest_run_dir(spec)
         if run_dir is None:
@@ -72,14 +145,19 @@ def _prepare_run_dir(spec: SearchSpec, resume: bool) -> tuple[Path, SearchSpec]:
                 "run without --resume first"
             )
         # The saved (merged) spec is authoritative: a resumed search must not change its space.
-        return run_dir, spec_from_dict(read_yaml(run_dir / SPEC_FILE), source=str(run_dir / SPEC_FILE))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = launches_dir(spec) / stamp
-    n = 1
-    while run_dir.exists():
-        run_dir = launches_dir(spec) / f"{stamp}-{n}"
-        n += 1
-    return run_dir, spec
+        saved = spec_from_dict(read_yaml(run_dir / SPEC_FILE), source=str(run_dir / SPEC_FILE))
+        return run_dir, saved, []
+    base = launches_dir(spec)
+    created = _created_dirs(base)
+    try:
+        run_dir = allocate_run_dir(base)
+    except OSError as exc:
+        _remove_empty(created)
+        raise ConfigError(
+            f"run_dir {str(base)!r}: cannot create a launch folder there ({exc.strerror}); "
+            "accepted: a writable folder"
+        ) from None
+    return run_dir, spec, [run_dir, *created]
 
 
 # --- preflight ------------------------------------------------------------------------------------
@@ -206,14 +284,39 @@ def _run_tuner(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    results = tuner.fit()
-    finished = results.num_terminated + results.num_errors
+    with _quiet_tune_restore_hint():
+        results = tuner.fit()
+    finished = finished_trials(results)
     if finished < num_samples:
-        raise LaunchInterrupted(
-            f"the {name} phase stopped with {finished}/{num_samples} trials finished; "
-            f"continue with `vptsearch launch --space ... --resume`"
-        )
+        raise LaunchInterrupted(name, finished, num_samples)
     return results
+
+
+def finished_trials(results: Any) -> int:
+    """Trials that really ended: errored, or their last result is Tune's ``done`` (completed,
+    or stopped by ASHA). After Ctrl-C Tune's cleanup marks the trials it interrupts TERMINATED
+    too (``num_terminated`` counted them as finished); their last result is not ``done``."""
+    return sum(1 for r in results if r.error is not None or (r.metrics or {}).get("done"))
+
+
+@contextlib.contextmanager
+def _quiet_tune_restore_hint() -> Iterator[None]:
+    """Silence Tune's own "Resume experiment with: Tuner.restore(path=..., trainable=...)" warning
+    after Ctrl-C (logger ``ray.tune.tune``): that is Tune's Python API, the user's is
+    ``vptsearch launch --resume``, which LaunchInterrupted prints. Tune's other warnings from
+    that logger (the "Stop signal received" line) stay."""
+
+    class _NoRestoreHint(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tuner.restore(" not in record.getMessage()
+
+    f = _NoRestoreHint()
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(f)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(f)
 
 
 def _records(results: Any, max_epochs: int) -> list[TrialRecord]:
@@ -447,30 +550,42 @@ def launch(
     from vptsearch.train import get_backbone
 
     t0 = time.perf_counter()
-    run_dir, spec = _prepare_run_dir(spec, resume)
-    spec = dataclasses.replace(spec, data_root=str(data_root(spec.data_root)))
-    tasks = resolve_tasks(spec.suite if isinstance(spec.suite, str) else list(spec.suite), spec.data_root)
-    check_data(spec, tasks, say)
-    get_backbone(spec)  # fails early on a bad backbone; cached for in-driver use
-    uri = check_tracking_uri(tracking_uri_for(tracking_uri, spec.tracking.uri))
-    if address:
-        check_address(address)
-    from vptsearch.search._storage import check_storage, launch_storage, with_storage
+    # The launch folder is claimed first (atomically, see allocate_run_dir): its name is the
+    # launch id every later step uses. A launch that fails its checks removes it again (empty).
+    run_dir, spec, created = _prepare_run_dir(spec, resume)
+    try:
+        spec = dataclasses.replace(spec, data_root=str(data_root(spec.data_root)))
+        tasks = resolve_tasks(spec.suite if isinstance(spec.suite, str) else list(spec.suite), spec.data_root)
+        check_data(spec, tasks, say)
+        verify_data(spec, tasks, say)
+        get_backbone(spec)  # fails early on a bad backbone; cached for in-driver use
+        uri = check_tracking_uri(tracking_uri_for(tracking_uri, spec.tracking.uri))
+        check_export(spec)
+        if address:
+            check_address(address)
+        from vptsearch.search._storage import check_storage, launch_storage, with_storage
 
-    spec = with_storage(spec, storage)
-    store = launch_storage(spec, run_dir)
-    if spec.storage.path:
-        check_storage(store)
+        spec = with_storage(spec, storage)
+        store = launch_storage(spec, run_dir)
+        if spec.storage.path:
+            check_storage(store)
+    except BaseException:
+        _remove_empty(created)
+        raise
     import ray
 
     started_here = not ray.is_initialized()
-    dashboard_url = start_ray(address, dashboard)
     try:
-        # checks that need the cluster, still before any MLflow run or trial exists
-        _check_resources(spec)
-        from vptsearch.search._cluster import preflight
+        try:
+            dashboard_url = start_ray(address, dashboard)
+            # checks that need the cluster, still before any MLflow run or trial exists
+            _check_resources(spec)
+            from vptsearch.search._cluster import preflight
 
-        preflight(spec, store, tasks, say)  # >1 node: shared storage, data
+            preflight(spec, store, tasks, say)  # >1 node: shared storage, data
+        except BaseException:
+            _remove_empty(created)
+            raise
         launch_id = f"{spec.name}/{run_dir.name}"
         run_dir.mkdir(parents=True, exist_ok=True)
         art_loc = artifact_location(spec.tracking.artifact_location, uri)
@@ -497,6 +612,31 @@ def launch(
     finally:
         if started_here:  # a cluster we started is ours to stop; a connected one is left alone
             ray.shutdown()
+
+
+def verify_data(spec: SearchSpec, tasks: list[str], say: Any = print) -> None:
+    """The shards of the splits a launch reads (search and final) match their manifests: size,
+    sha256, sample count, every image decodes (vptsearch.data.verify_tasks). A pass is cached per
+    manifest and shard stat, so a repeated launch reads no shard; a bad shard is one DataError
+    naming it, before Ray starts (instead of every trial failing on it)."""
+    from vptsearch.data import verify_tasks
+
+    t0 = time.perf_counter()
+    done = verify_tasks(tasks, spec.data_root)
+    checked = sum(v.checked for v in done)
+    if checked:
+        say(f"verified {checked} samples of {len(done)} task(s) against their manifests "
+            f"in {time.perf_counter() - t0:.1f} s (cached for the next launch)")  # fmt: skip
+
+
+def check_export(spec: SearchSpec) -> None:
+    """``export.dir`` must be a writable folder (or a creatable one) before any trial runs: a file
+    or read-only folder there used to fail only after the whole search and final phase."""
+    from vptsearch.search._exports import check_export_dir
+    from vptsearch.search._storage import is_uri
+
+    if not is_uri(str(spec.export_dir)):  # s3:// etc.: written through pyarrow at export time
+        check_export_dir(spec.export_dir, create=False)
 
 
 def _run_phases(
@@ -568,52 +708,66 @@ def _run_phases(
     )
     records = _records(results, spec.training.epochs)
     selection = select(records, tasks)
-
-    # final: the best configuration of every task with each final seed on train+val, tested once
-    from ray.tune.schedulers import FIFOScheduler
-
-    from vptsearch.search._searcher import MultiTaskSearcher
-
-    finals = final_configs(selection, spec.protocol.final_seeds)
-    final_searcher = MultiTaskSearcher(
-        None, {t: len(c) for t, c in finals.items()}, spec.search.max_concurrent, fixed=finals, metric=None
-    )
-    n_final = sum(len(c) for c in finals.values())
-    final_states: dict[str, dict[int, dict[str, Any]]] = {}
-    if n_final:
-        fres = _run_tuner(
-            "final",
-            spec,
-            run_dir,
-            final_searcher,
-            FIFOScheduler(),
-            n_final,
-            callbacks("final", n_final),
-            resume,
-            backbone,
-            store,
-        )
-        final_states = _final_states(fres, run_dir, spec.training.epochs)
-
-    # results, bundles, MLflow summary
-    out = _collect(spec, tasks, selection, final_states, launch_id)
-    if spec.protocol.probe:  # the frozen-feature reference, once per task, cached across launches
-        from vptsearch.probe import launch_probes
-
-        for task, pr in launch_probes(spec, tasks, say).items():
-            out["tasks"][task]["probe"] = pr
-            row = next(r for r in out["rows"] if r["task"] == task)
-            row.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"])
-    (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
-    rows = out["rows"]
-    # also adds each task's ensemble test accuracy to `out` (rows included) and rewrites results.json
-    bundles = export_bundles(run_dir, tracker=tracker, parents=parents, results=out, say=say)
-    _log_tasks(tracker, parents, out)
     trials = [dataclasses.asdict(r) for r in records]
     art = run_dir / "report"
-    paths = list(_report.write_summary(rows, art).values()) + _report.write_plots(trials, art)
-    _write_trials(trials, art / "trials.parquet")
-    for p in [*paths, art / "trials.parquet", run_dir / RESULTS_FILE]:
+    final_states: dict[str, dict[int, dict[str, Any]]] = {}
+    out: dict[str, Any] | None = None
+    try:
+        # final: the best configuration of every task with each final seed on train+val, tested once
+        from ray.tune.schedulers import FIFOScheduler
+
+        from vptsearch.search._searcher import MultiTaskSearcher
+
+        finals = final_configs(selection, spec.protocol.final_seeds)
+        final_searcher = MultiTaskSearcher(
+            None, {t: len(c) for t, c in finals.items()}, spec.search.max_concurrent, fixed=finals,
+            metric=None,
+        )  # fmt: skip
+        n_final = sum(len(c) for c in finals.values())
+        if n_final:
+            fres = _run_tuner(
+                "final",
+                spec,
+                run_dir,
+                final_searcher,
+                FIFOScheduler(),
+                n_final,
+                callbacks("final", n_final),
+                resume,
+                backbone,
+                store,
+            )
+            final_states = _final_states(fres, run_dir, spec.training.epochs)
+
+        # results, bundles, MLflow summary
+        out = _collect(spec, tasks, selection, final_states, launch_id)
+        if spec.protocol.probe:  # the frozen-feature reference, once per task, cached across launches
+            from vptsearch.probe import launch_probes
+
+            for task, pr in launch_probes(spec, tasks, say).items():
+                out["tasks"][task]["probe"] = pr
+                row = next(r for r in out["rows"] if r["task"] == task)
+                row.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"])
+        (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
+        # the report exists before export: a failing export still leaves it (rewritten below)
+        _write_report(out, trials, art)
+        # also adds each task's ensemble test accuracy to `out` (rows included) and rewrites results.json
+        bundles = export_bundles(run_dir, tracker=tracker, parents=parents, results=out, say=say)
+        _log_tasks(tracker, parents, out)
+    except (LaunchInterrupted, KeyboardInterrupt):
+        raise  # --resume continues: the runs stay open
+    except Exception as exc:
+        _fail_launch(spec, tasks, selection, final_states, out, trials, run_dir, tracker, launch_run,
+                     parents, exc, say)  # fmt: skip
+        if isinstance(exc, (VptsearchError, OSError)):
+            raise LaunchFailed(
+                f"launch {launch_id} failed after its search: {_one_line(exc)}; the report is in {art} "
+                f"and the trials are kept in {run_dir}"
+            ) from None
+        raise
+    rows = out["rows"]
+    paths = _write_report(out, trials, art)
+    for p in [*paths, run_dir / RESULTS_FILE]:
         tracker.log_artifact(launch_run, p)
     seconds = time.perf_counter() - t0
     tracker.log_metrics(launch_run, {"wall_seconds": seconds, "tasks": len(tasks), "trials": len(records)})
@@ -622,6 +776,53 @@ def _run_phases(
     say(_bundles_line(out, len(bundles)))
     say(f"summary: {art / 'summary.md'}   wall time {seconds:.0f} s")
     return LaunchSummary(launch_id, run_dir, uri, spec.experiment, rows, bundles, dashboard_url, seconds)
+
+
+class LaunchFailed(VptsearchError):
+    """A step after the search failed (final phase, probe, export); the runs are ended FAILED."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, VptsearchError) else f"{type(exc).__name__}: {text}"
+
+
+def _write_report(out: dict[str, Any], trials: list[dict[str, Any]], art: Path) -> list[Path]:
+    """summary.{md,html,parquet}, the plots and trials.parquet in the run dir's report folder."""
+    paths = list(_report.write_summary(out["rows"], art).values()) + _report.write_plots(trials, art)
+    _write_trials(trials, art / "trials.parquet")
+    return [*paths, art / "trials.parquet"]
+
+
+def _fail_launch(
+    spec: SearchSpec,
+    tasks: list[str],
+    selection: dict[str, Any],
+    final_states: dict[str, Any],
+    out: dict[str, Any] | None,
+    trials: list[dict[str, Any]],
+    run_dir: Path,
+    tracker: Tracker,
+    launch_run: str,
+    parents: dict[str, str],
+    exc: BaseException,
+    say: Any,
+) -> None:
+    """After-search failure: write results.json and the report from what is done, end the task
+    and launch runs FAILED with the error as ``vptsearch.error`` (they stayed RUNNING forever)."""
+    error = _one_line(exc)[:500]
+    try:
+        if out is None:
+            out = _collect(spec, tasks, selection, final_states, f"{spec.name}/{run_dir.name}")
+        out["error"] = error
+        (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
+        for p in [*_write_report(out, trials, run_dir / "report"), run_dir / RESULTS_FILE]:
+            tracker.log_artifact(launch_run, p)
+    except Exception as report_exc:  # the original error is the one to raise
+        say(f"could not write the report of the failed launch: {_one_line(report_exc)}")
+    for ref in [*parents.values(), launch_run]:
+        tracker.set_tags(ref, {PREFIX + "status": "failed", PREFIX + "error": error})
+        tracker.end(ref, "FAILED")
 
 
 def _close_tracker(tracker: Tracker, say: Any, drain_s: float = 120.0) -> int:

@@ -28,12 +28,29 @@ def stamp_key(stamp: str) -> tuple[str, int, str]:
     return (m.group(1), int(m.group(2) or 0), "") if m else ("", 0, stamp)
 
 
-def check_export_dir(dest: str | os.PathLike[str]) -> Path:
-    """A local export dir that exists as a folder (created if missing) and can be written; else one line."""
+def check_export_dir(dest: str | os.PathLike[str], create: bool = True) -> Path:
+    """A local export dir that exists as a folder (created if missing) and can be written; else one line.
+
+    ``create=False`` (the launch's preflight) creates nothing: a missing folder passes when the
+    nearest existing parent is a writable folder (export creates it later).
+    """
     path = Path(dest).expanduser()
     accepted = "accepted: a writable folder (created if missing) or s3://BUCKET/PREFIX"
     if path.exists() and not path.is_dir():
         raise ConfigError(f"export dir {str(path)!r} is a file, not a folder; {accepted}")
+    if not create and not path.exists():
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(
+                f"export dir {str(path)!r}: {str(parent)!r} is a file, not a folder; {accepted}"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"export dir {str(path)!r} cannot be created: {str(parent)!r} is not writable; {accepted}"
+            )
+        return path.absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -441,7 +441,12 @@ class TrackingCallback(tune.Callback):
         """Close the runs of trials that ended without this callback seeing it: a driver killed
         after Tune saved a trial as finished but before its end reached the spool."""
         for trial in trials:
-            if trial.trial_id not in self._ended and trial.status in (trial.TERMINATED, trial.ERROR):
+            # after Ctrl-C Tune's cleanup marks the trials it interrupted TERMINATED as well; their
+            # last result is not ``done`` and --resume continues them: their runs stay open
+            really_done = trial.status == trial.ERROR or (
+                trial.status == trial.TERMINATED and (trial.last_result or {}).get("done")
+            )
+            if trial.trial_id not in self._ended and really_done:
                 self._finish(trial, error=trial.status == trial.ERROR)
         if self.resume and trials:
             # A driver killed after starting a trial but before Tune saved it: the restored

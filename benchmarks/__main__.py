@@ -2,6 +2,7 @@
 
     python -m benchmarks                 # model step, data reader, platform overhead, SPT init: a few minutes
     python -m benchmarks --full          # + search efficiency (trains the missing grid cells, then replays)
+                                         #   + the simulated-GPU launch (old vs new engine, local and S3)
     python -m benchmarks --smoke         # every benchmark in its smoke mode (what the CI-style tests run)
     python -m benchmarks --only spt_init,model_step
 
@@ -33,7 +34,10 @@ FAST: dict[str, list[str]] = {
     "platform_overhead": [],  # the 1 000 no-op trials
     "spt_init": [],
 }
-FULL: dict[str, list[str]] = {"search_efficiency": ["--full"]}
+FULL: dict[str, list[str]] = {
+    "gpu_sim": [],  # 16 slots, 19 tasks, old and new engine, local and S3: ~15-20 min on 2 cores
+    "search_efficiency": ["--full"],
+}
 
 
 def _headline(name: str, r: dict[str, Any]) -> str:
@@ -55,6 +59,9 @@ def _figure(name: str, r: dict[str, Any]) -> str:
     if name == "spt_init":
         worst = max(v["spt-kmeans"] for v in r["ratio_to_trial"].values() if "spt-kmeans" in v)
         return f"spt-kmeans <= {100 * worst:.2f} % of a {r['trial']['seconds']:.0f} s trial (target <= 5 %)"
+    if name == "gpu_sim":
+        eff = r["steady_efficiency"]
+        return ", ".join(f"{k}={v}" for k, v in eff.items()) + " (targets: new local >= 0.90, s3 >= 0.80)"
     if name == "search_efficiency":
         o = r["overall_fraction_to_best"].get("tpe_asha", {})
         return f"tpe_asha median {o.get('median')} of the grid's epochs to within 0.5 pt (target <= 0.10)"
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     everything = [*FAST, *FULL]
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--full", action="store_true", help="also the search-efficiency benchmark")
+    mode.add_argument("--full", action="store_true", help="also the search-efficiency and GPU-sim benchmarks")
     mode.add_argument("--smoke", action="store_true", help="every benchmark in smoke mode (seconds each)")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(everything)}")
     ap.add_argument("--out", type=Path, default=None, help="also write the combined JSON here")

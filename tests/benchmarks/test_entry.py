@@ -46,7 +46,7 @@ def test_entry_unknown_benchmark():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "--only 'model_stpe': unknown benchmark; accepted: model_step, data_reader, platform_overhead, "
-        "spt_init, search_efficiency"
+        "spt_init, gpu_sim, search_efficiency"
     )
 
 
@@ -89,5 +89,5 @@ def test_entry_smoke_everything(digits_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert set(out["benchmarks"]) == {
-        "model_step", "data_reader", "platform_overhead", "spt_init", "search_efficiency"
+        "model_step", "data_reader", "platform_overhead", "spt_init", "gpu_sim", "search_efficiency"
     }

@@ -24,14 +24,18 @@ SPT_INITS = ("spt-mean", "spt-max", "spt-sample", "spt-kmeans")
 # training images (val200 and test are the mini task's own); built by _repro_data.
 SIZE_TASKS = ("repro/mnist_n100", "repro/mnist_n800", "repro/mnist_nall")
 
-# base_lr grids (lr = base_lr * batch / 256, SGD momentum 0.9), largest first; weight decay fixed at 0
-# (in the paper grid). Chosen from learning curves with head.norm batchnorm (mini/digits and
-# mini/dsprites_loc, sup backbone, 10 epochs, one thread; /work/notes/repro/curves.md):
-# VPT-deep random: base 0.5 -> 0.75 val, 1 -> 0.765, 2 -> 0.785, 8 -> 0.615; SPT kmeans p=20 at 4 -> 0.83.
-# Full fine-tuning needs ~0.05 (0.5 was unstable). Quick runs take the last (smallest) point.
+# base_lr grids (lr = base_lr * batch / 256, SGD momentum 0.9), largest first, each centred on the best
+# value of a learning curve with head.norm batchnorm (sup backbone, batch 32, 10 epochs, warm-up 1, one
+# thread; /work/notes/repro/curves.md); weight decay fixed at 0 (in the paper grid). Quick runs take
+# the last (smallest) point.
+#   VPT-deep random, digits (the lead's curves): base 0.5 -> 0.75 val, 1 -> 0.765, 2 -> 0.785, 8 -> 0.615;
+#     SPT kmeans p=20 at 4 -> 0.83; dsprites_loc at 2 -> 0.19-0.22, still climbing at epoch 10
+#   full, digits: 0.05 -> 0.93, 0.2 -> 0.955 (erratic val until epoch 6); 0.5 was unstable (issue 12)
+#   bias, digits: 1 -> 0.855 (val erratic until epoch 8); adapter, digits: 1 -> 0.875
+#   linear, digits: 2 -> 0.835 (probe val 0.85), loss still falling at epoch 10
 LR_PROMPT = (4.0, 2.0, 1.0)  # vpt-shallow, vpt-deep, spt-*, frozen prompts (head only trains there)
-LR_HEAD = (8.0, 4.0, 2.0)  # linear
-LR_BODY = (4.0, 2.0, 1.0)  # bias, adapter
+LR_HEAD = (4.0, 2.0, 1.0)  # linear
+LR_BODY = (2.0, 1.0, 0.5)  # bias, adapter
 LR_FULL = (0.2, 0.1, 0.05)
 HEAD_NORM = "batchnorm"  # every launch: the quickstart's head (issue 12 part 2)
 PROMPT_DROPOUT = 0.1

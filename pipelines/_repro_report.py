@@ -330,8 +330,9 @@ def claims(res: dict[str, Any]) -> list[dict[str, Any]]:
     for bb, table in res["main"].items():
         for t in _tasks_of(table, "vpt-deep"):
             vpt = _seeds(table["vpt-deep"].get(t))
-            spt = [_seeds((table.get(r) or {}).get(t)) for r in spt_rows]
-            if not all(spt):
+            # the SPT initialisers in the plan (all four in the full plan; _done() guards partial runs)
+            spt = [_seeds(table[r].get(t)) for r in spt_rows if r in table]
+            if not spt or not all(spt):
                 continue
             common = set(vpt).intersection(*spt)
             gain.setdefault(bb, {})[t] = {s: statistics.fmean(x[s] for x in spt) - vpt[s]

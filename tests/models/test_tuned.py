@@ -361,7 +361,8 @@ def test_batchnorm_head_standardises_features_and_its_statistics_are_trained_sta
         model.train()(x)  # one training step's statistics update
     state = model.trained_state_dict()
     assert {"head_norm.running_mean", "head_norm.running_var", "head_norm.num_batches_tracked"} <= set(state)
-    torch.testing.assert_close(state["head_norm.running_mean"], 0.1 * feats.mean(0))
+    # The first batch's statistics are taken whole (not 0.1 of them: see the next test).
+    torch.testing.assert_close(state["head_norm.running_mean"], feats.mean(0))
     # Train mode normalises with the batch's statistics, eval mode with the running ones.
     with torch.no_grad():
         z = (feats - feats.mean(0)) / torch.sqrt(feats.var(0, unbiased=False) + 1e-5)
@@ -371,6 +372,32 @@ def test_batchnorm_head_standardises_features_and_its_statistics_are_trained_sta
         torch.testing.assert_close(other.eval()(x), model.eval()(x))
         # A single training image cannot give batch statistics: the running ones are used.
         torch.testing.assert_close(model.train()(x[:1]), model.eval()(x[:1]))
+
+
+def test_head_norm_statistics_average_the_first_batches_exactly_then_follow_momentum(cls_vit, images):
+    """The shipped features carry a large constant offset: with momentum 0.1 from the start, a short
+    run evaluates with ~0.1-0.3 of it and predicts one class (seen on a smoke launch's retrain)."""
+    model = build_model(cls_vit, 3, "linear", head_norm="batchnorm").train()
+    batches = [images(cls_vit, 4) for _ in range(12)]
+    feats = []
+    with torch.no_grad():
+        for i, x in enumerate(batches):
+            feats.append(model.forward_features(x).mean(0))
+            model(x)
+            if i == 2:  # after 3 batches: their exact average
+                torch.testing.assert_close(model.head_norm.running_mean, torch.stack(feats).mean(0))
+                resumed = build_model(cls_vit, 3, "linear", head_norm="batchnorm").train()
+                resumed.load_trained_state_dict(model.trained_state_dict())
+    # From batch 10 on the exponential average (momentum 0.1) takes over ...
+    expect = torch.stack(feats[:10]).mean(0)
+    for f in feats[10:]:
+        expect = 0.9 * expect + 0.1 * f
+    torch.testing.assert_close(model.head_norm.running_mean, expect)
+    # ... and a model resumed from a checkpoint continues the same schedule (not from momentum 1).
+    with torch.no_grad():
+        for x in batches[3:]:
+            resumed(x)
+    torch.testing.assert_close(resumed.head_norm.running_mean, model.head_norm.running_mean)
 
 
 def test_head_norm_state_must_be_complete_and_kind_known(cls_vit):

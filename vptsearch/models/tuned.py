@@ -44,6 +44,34 @@ def check_vit(model: object) -> None:
         )
 
 
+class HeadBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` without affine whose running statistics start as the plain average.
+
+    The frozen features carry a large constant offset (see docs/models.md, "The head"); with the
+    usual momentum 0.1 the running mean holds only 1 - 0.9**n of it after n steps, so a short run
+    (a smoke launch, a retrain on a few dozen images) evaluates with statistics far from the
+    features' and predicts one class. The first batches are therefore averaged exactly (momentum
+    1/(n+1)) until that falls to 0.1, then the usual exponential average follows the drifting
+    features of a prompt that is still learning. Same buffers and state-dict keys as BatchNorm1d.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features, affine=False, momentum=0.1)
+        self._seen: int | None = None  # host copy of num_batches_tracked: no device read per step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 1:
+            if self._seen is None:  # first step, or after loading a state: read the buffer once
+                self._seen = int(self.num_batches_tracked)  # type: ignore[arg-type]
+            self.momentum = max(0.1, 1.0 / (self._seen + 1))
+            self._seen += 1
+        return super().forward(x)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._seen = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+
 class TunedModel(nn.Module):
     """A frozen backbone (always in eval mode) with the trained parts of one tuning method.
 
@@ -89,7 +117,7 @@ class TunedModel(nn.Module):
         self.head_norm_kind = kind
         device = self.head.weight.device
         if kind == "batchnorm":
-            self.head_norm = nn.BatchNorm1d(self.embed_dim, affine=False).to(device)
+            self.head_norm = HeadBatchNorm(self.embed_dim).to(device)
         else:
             self.head_norm = nn.Identity()
 

@@ -31,6 +31,7 @@ from _repro_plan import (
     PROMPT_DROPOUT,
     PROMPT_DROPOUT_MASK,
     QUICK,
+    SECONDS_PER_IMAGE_EPOCH,
     SPT_INITS,
     Launch,
     Sizes,
@@ -715,11 +716,14 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         "L2 logistic regression, C chosen on val200, refit on train800val200, tested once).",
         "",
         ("Sizes (--quick: a smoke run of every code path, numbers meaningless): " if sizes == QUICK else
-         "Sizes (from learning curves: the methods have converged or flattened by then on mini/digits and "
-         "mini/dsprites_loc): ") + recipe(sizes) + ". This is below the papers' 100 epochs and 10 × 4 grid."
+         "Sizes (chosen from 10-epoch learning curves on mini/digits and mini/dsprites_loc, sup backbone: "
+         "digits has flattened by epoch 10 for every method, dsprites_loc and random-init VPT are still "
+         "rising, hence 15 epochs; each lr grid is centred on the best base lr measured and brackets it): ")
+        + recipe(sizes) + ". This is below the papers' 100 epochs and 10 × 4 grid."
         + (f" Estimated wall time of the whole plan on an idle 2-core machine: {est['total'] / 3600:.1f} h ("
            + ", ".join(f"{k} {v / 3600:.1f} h" for k, v in est.items() if k != "total")
-           + "; from the 2-epoch run's 3.06 ms per training image-epoch)." if est else ""),
+           + f"; from the 2-epoch run's {1000 * SECONDS_PER_IMAGE_EPOCH:.2f} ms per training image-epoch)."
+           if est else ""),
         "",
         "Tasks: the mini suite's registry assigns **natural** (digits, textures) and **structured** "
         "(dsprites_loc, dsprites_ori, clevr_count); it has no *specialized* task, so that group is absent.",

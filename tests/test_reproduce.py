@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -372,7 +373,13 @@ def test_quick_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
     assert "Partial" not in text and "## Claims" in text
+    assert "| probe (frozen features) |" in text and "## Ensembles of the final seeds" in text
     assert (tmp_path / "results" / "train_size_sweep.png").is_file()
+    verdicts = {c["id"]: c["verdict"]
+                for c in json.loads((tmp_path / "results" / "claims.json").read_text())["claims"]}
+    # one backbone: the MAE-vs-sup claim cannot be judged; every other claim gets a verdict
+    assert verdicts.pop("spt_gain_larger_on_mae") == "n/a"
+    assert set(verdicts.values()) <= {"TRUE", "FALSE", "UNDECIDED"} and len(verdicts) == 5, verdicts
     # a second run finds every launch finished and only rebuilds the report
     again = subprocess.run(
         [sys.executable, str(PIPELINES / "reproduce.py"), "--quick", "--run-dir", str(tmp_path / "runs"),

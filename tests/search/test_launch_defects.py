@@ -356,6 +356,8 @@ def test_ctrl_c_counts_only_finished_trials_and_hides_tunes_restore_hint(local_r
 
     seen = Records()  # on Tune's own logger: the "ray" logger does not propagate to pytest's
     tune_log = logging.getLogger("ray.tune.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.WARNING)  # the fixture's Ray logs errors only
     tune_log.addHandler(seen)
     threading.Thread(target=ctrl_c, daemon=True).start()
     try:
@@ -363,6 +365,7 @@ def test_ctrl_c_counts_only_finished_trials_and_hides_tunes_restore_hint(local_r
             results = tuner.fit()
     finally:
         tune_log.removeHandler(seen)
+        tune_log.setLevel(level)
     assert results.num_terminated == 2  # what the old message counted: the interrupted one too
     assert finished_trials(results) == 1
     assert any("Stop signal received" in line for line in seen.lines)  # Tune's other lines stay
@@ -467,3 +470,43 @@ def test_report_shows_probe_ensemble_and_where_the_bundles_are(base_raw, tmp_pat
     line = next(x for x in out.splitlines() if TASK in x and "±" in x)
     assert "57.25" in line and "48.25 / 46.75" in line and "55.00 ± 1.00" in line
     assert f"bundles: {bundles}" in out
+
+
+# --- defect 4: a failure after the search ends the runs FAILED and still writes the report ----------
+def test_failure_after_the_search_ends_runs_failed_and_keeps_the_report(base_raw, tmp_path) -> None:
+    """The export dir turns into a file while the launch runs (past preflight): the launch raises
+    one line, results.json and the report are written, MLflow's launch and task runs are FAILED
+    with the error (they stayed RUNNING forever), the trial runs keep their own status."""
+    from mlflow import MlflowClient
+
+    from vptsearch.search import launch
+    from vptsearch.search._driver import LaunchFailed
+    from vptsearch.search._tracking import PREFIX
+
+    raw = {**base_raw, "suite": [TASK],
+           "search": {**base_raw["search"], "trials_per_task": 1, "max_concurrent": 1},
+           "params": {"prompt.length": 1, "optim.base_lr": 1.0},
+           "training": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64},
+           "protocol": {"final_seeds": [0], "probe": False}}  # fmt: skip
+    export_dir = tmp_path / "exports"
+
+    def say(line: str) -> None:
+        if line.lstrip().startswith("Tune storage"):  # preflight passed: break the export dir now
+            export_dir.write_text("a file now")
+
+    with pytest.raises(LaunchFailed) as exc:
+        launch(spec_from_dict(raw), dashboard=False, say=say)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(export_dir) in msg and "is a file" in msg and "report" in msg
+    (run_dir,) = (tmp_path / "runs" / "smoke").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "is a file" in results["error"] and results["tasks"][TASK]["test_accs"]  # the final ran
+    assert (run_dir / "report" / "summary.md").is_file() and (run_dir / "report" / "trials.parquet").is_file()
+    client = MlflowClient(raw["tracking"]["uri"])
+    exp = client.get_experiment_by_name("smoke").experiment_id
+    for kind in ("launch", "task"):
+        (run,) = client.search_runs([exp], f"tags.`{PREFIX}kind` = '{kind}'")
+        assert run.info.status == "FAILED", (kind, run.info.status)
+        assert "is a file" in run.data.tags[PREFIX + "error"]
+    trials = client.search_runs([exp], f"tags.`{PREFIX}kind` = 'trial'")
+    assert trials and all(r.info.status == "FINISHED" for r in trials)

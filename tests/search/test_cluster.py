@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,9 +47,11 @@ def _launch_error(capsys, args: list[str]) -> str:
 # --- node loss (first: it needs its own 3-node cluster before the module's 2-node one starts) ------
 @pytest.mark.slow
 def test_losing_a_worker_node_mid_launch_loses_no_trial(base_raw, tmp_path) -> None:
-    """Head (0 CPU) + 2 workers (1 CPU each); once the first checkpoint is on the shared storage a
-    thread kills one worker node. The launch finishes, every trial of the budget is accounted for,
-    and the trial(s) that were on the lost node resumed from their checkpoint (no epoch twice)."""
+    """Head (0 CPU) + 2 workers (1 CPU each). The fault is made deterministic: a thread waits until
+    a trial has reported an early epoch *from the doomed node* (results carry ``node_id``; with a
+    checkpoint every epoch that epoch's checkpoint is on the shared storage), then kills that
+    node. The launch finishes, every trial of the budget is accounted for, and that very trial
+    was retried on the other node from its checkpoint (no epoch twice, none missing)."""
     import ray
     from ray import tune
     from ray.cluster_utils import Cluster
@@ -61,28 +64,41 @@ def test_losing_a_worker_node_mid_launch_loses_no_trial(base_raw, tmp_path) -> N
     c.add_node(num_cpus=1)
     doomed = c.add_node(num_cpus=1)
     storage = tmp_path / "nfs"
+    epochs = 5
     raw = {**base_raw, "storage": {"path": str(storage), "shared": True},
            "search": {**base_raw["search"], "trials_per_task": 3},
            "params": {**base_raw["params"], "optim.base_lr": {"choice": [1.0, 5.0]}},
-           "training": {"epochs": 4, "warmup_epochs": 1, "batch_size": 64},
-           "protocol": {"final_seeds": [0]}}  # fmt: skip
-    removed: list[float] = []
+           "scheduler": {"type": "none"},  # no early stop: the killed trial had epochs left to run
+           "training": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 64, "checkpoint_every": 1},
+           "protocol": {"final_seeds": [0], "probe": False}}  # fmt: skip
+    killed: dict[str, object] = {}
 
-    def kill_when_checkpointed() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(storage.rglob("checkpoint_*")):
-            time.sleep(0.2)
-        c.remove_node(doomed, allow_graceful=False)  # its raylet and workers die at once
-        removed.append(time.monotonic())
+    def kill_after_a_report_from_the_doomed_node() -> None:
+        # The driver writes each result to its staging folder in the Ray session as it arrives
+        # (the shared storage only gets periodic syncs).
+        session = Path(ray._private.worker._global_node.get_session_dir_path())
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            for path in session.glob("artifacts/*/search/driver_artifacts/*/result.json"):
+                for line in path.read_text().splitlines():
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue  # a line being written
+                    if r.get("node_id") == doomed.node_id and 1 <= r.get("epoch", 0) <= epochs - 3:
+                        c.remove_node(doomed, allow_graceful=False)  # its raylet and workers die at once
+                        killed.update(trial_id=r["trial_id"], epoch=r["epoch"])
+                        return
+            time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_when_checkpointed, daemon=True)
+    killer = threading.Thread(target=kill_after_a_report_from_the_doomed_node, daemon=True)
     try:
         ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
         c.wait_for_nodes()
         killer.start()
         summary = launch(spec_from_dict(raw), address=c.address, dashboard=False, say=lambda *_: None)
         killer.join(timeout=5)
-        assert removed, "the worker node was never removed"
+        assert killed, "no trial reported from the worker node that was to be removed"
         results = json.loads((summary.run_dir / "results.json").read_text())
         for task in TASKS:
             counts = results["tasks"][task]["counts"]
@@ -93,11 +109,15 @@ def test_losing_a_worker_node_mid_launch_loses_no_trial(base_raw, tmp_path) -> N
         path = storage / "smoke" / summary.run_dir.name / "search"
         analysis = tune.ExperimentAnalysis(str(path))
         assert len(analysis.trials) == 6
-        retried = [t for t in analysis.trials if t.run_metadata.num_failures > 0]
-        assert retried, "no trial was running on the removed node"
-        for trial in analysis.trials:
-            epochs = list(analysis.trial_dataframes[trial.trial_id]["epoch"])
-            assert epochs == sorted(set(epochs)), (trial, epochs)  # resumed, never restarted
+        (trial,) = [t for t in analysis.trials if t.trial_id == killed["trial_id"]]
+        assert trial.run_metadata.num_failures >= 1, "the trial on the removed node was not retried"
+        df = analysis.trial_dataframes[trial.trial_id]
+        assert list(df["epoch"]) == list(range(1, epochs + 1))  # resumed from its checkpoint
+        assert set(df["node_id"][df["epoch"] > killed["epoch"]]) - {doomed.node_id}  # elsewhere
+        assert doomed.node_id not in set(df["node_id"][df["epoch"] > killed["epoch"]])
+        for t in analysis.trials:
+            seen = list(analysis.trial_dataframes[t.trial_id]["epoch"])
+            assert seen == sorted(set(seen)), (t, seen)  # resumed, never restarted
     finally:
         ray.shutdown()
         c.shutdown()

@@ -189,6 +189,10 @@ def test_report_and_reexport_cli(launched, tmp_path, capsys) -> None:
     assert main(["report", "--run-dir", str(summary.run_dir)]) == 0
     out = capsys.readouterr().out
     assert "mini/digits" in out and "best val per init strategy" in out
+    assert "ensemble test" in out and "probe val / test" in out
+    where = json.loads((summary.run_dir / "results.json").read_text())["bundles_dir"]
+    assert f"bundles: {where}" in out and where == str(next(iter(summary.bundles.values())).parent)
+    assert summary.problems() == []  # every task has a result: `vptsearch launch` exits 0
     assert main(["export", "--run-dir", str(summary.run_dir), "--out", str(tmp_path / "re")]) == 0
     for d in summary.bundles.values():
         again = tmp_path / "re" / d.parent.name / d.name

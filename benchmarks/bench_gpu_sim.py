@@ -625,7 +625,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for storage in args.storages:
             for mode in args.mode_list:
                 print(f"== {storage} {mode}", file=sys.stderr, flush=True)
-                runs[f"{storage}_{mode}"] = one_run(args, mode, storage, calib, s3_uri)
+                key = f"{storage}_{mode}"
+                runs[key] = one_run(args, mode, storage, calib, s3_uri)
+                # each run's figures as soon as it ends: an interrupted long run keeps what it measured
+                print(json.dumps({key: runs[key]}), file=sys.stderr, flush=True)
     p_epochs = {f"p{p}": [round(v, 4) for v in epoch_seconds(p, args.epoch_seconds)] for p in (1, 50, 200)}
     trial_s = args.epoch_seconds * 100
     met = {}

@@ -54,6 +54,10 @@ class LaunchInterrupted(VptsearchError):
         )
 
 
+class LaunchFailed(VptsearchError):
+    """A step after the search failed (final phase, probe, export); the runs are ended FAILED."""
+
+
 @dataclass
 class LaunchSummary:
     launch_id: str
@@ -776,10 +780,6 @@ def _run_phases(
     say(_bundles_line(out, len(bundles)))
     say(f"summary: {art / 'summary.md'}   wall time {seconds:.0f} s")
     return LaunchSummary(launch_id, run_dir, uri, spec.experiment, rows, bundles, dashboard_url, seconds)
-
-
-class LaunchFailed(VptsearchError):
-    """A step after the search failed (final phase, probe, export); the runs are ended FAILED."""
 
 
 def _one_line(exc: BaseException) -> str:

@@ -248,8 +248,9 @@ def test_interrupted_launch_names_the_space_file_in_its_resume_hint(base_raw, tm
 
     space = _write(tmp_path, base_raw)
     monkeypatch.setattr(_driver, "launch", interrupted)
-    assert main(["launch", "--no-dashboard", "--space", space]) == 2
+    assert main(["launch", "--no-dashboard", "--space", space]) == 130
     err = capsys.readouterr().err.strip()
+    assert err.startswith("vptsearch: interrupted: ") and "\n" not in err
     assert "3/8 trials finished" in err and f"--space {space} --resume" in err and "..." not in err
 
 

@@ -119,7 +119,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
                          dashboard=not args.no_dashboard, storage=args.storage)  # fmt: skip
     except LaunchInterrupted as exc:
         exc.space = args.space  # the resume hint names the file this launch was given
-        raise
+        print(f"vptsearch: interrupted: {exc}", file=sys.stderr)
+        return 130  # like a plain Ctrl-C: not bad input (2), not an incomplete result (1)
     problems = summary.problems()
     if problems:  # ran to the end, but not every task has a result: a script must notice
         print(f"vptsearch: error: launch {summary.launch_id} finished without a result: "

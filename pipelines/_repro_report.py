@@ -186,7 +186,9 @@ def with_probe(table: TableResults, probe: dict[str, dict[str, Any]] | None) -> 
     """The main table plus the probe reference row (test accuracy of the frozen-feature logistic probe)."""
     if not probe:
         return table
-    row = {t: {"mean": p.get("test"), "std": None, "tuned_percent": None} for t, p in probe.items()}
+    tasks = {t for per_task in table.values() for t in per_task}  # not the other studies' tasks
+    row = {t: {"mean": p.get("test"), "std": None, "tuned_percent": None} for t, p in probe.items()
+           if t in tasks or not tasks}
     return {**table, PROBE_ROW: row}
 
 

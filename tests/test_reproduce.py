@@ -70,6 +70,9 @@ def test_probe_row_in_the_main_table(repro) -> None:
     md = rep.main_table_md(rows, list(GROUPS), GROUPS)
     assert f"| {rep.PROBE_ROW} | 80.0 | 30.0 | 20.0 | 80.0 | 25.0 | 43.3 | 1/3 | – |" in md
     assert rep.with_probe(t, {}) == t
+    # the probe of another study's task (train-size MNIST) stays out of the main table's row
+    extra = rep.with_probe(t, {**probe, "repro/mnist_n100": {"val": 0.5, "test": 0.5}})[rep.PROBE_ROW]
+    assert set(extra) == set(GROUPS)
 
 
 def test_missing_cells_give_no_mean(repro) -> None:

@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(launches, sizes, args)
         return 0
     est = estimate_seconds(launches, sizes)
-    print(f"plan: {len(launches)} launches, estimated {est['total'] / 3600:.1f} h on an idle 2-core machine "
+    hours = est["total"] / 3600
+    when = f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.0f} min of training"
+    print(f"plan: {len(launches)} launches, estimated {when} on an idle 2-core machine "
           "(finished launches are skipped)", flush=True)
     t0 = time.perf_counter()
     if not args.report_only:

@@ -297,10 +297,19 @@ def _run_tuner(
 
 
 def finished_trials(results: Any) -> int:
-    """Trials that really ended: errored, or their last result is Tune's ``done`` (completed,
-    or stopped by ASHA). After Ctrl-C Tune's cleanup marks the trials it interrupts TERMINATED
+    """Trials that really ended: errored, their last result is Tune's ``done`` (completed, or
+    stopped by ASHA), or a scheduler of this process stopped them (a restored scheduler's stop
+    need not set ``done``). After Ctrl-C Tune's cleanup marks the trials it interrupts TERMINATED
     too (``num_terminated`` counted them as finished); their last result is not ``done``."""
-    return sum(1 for r in results if r.error is not None or (r.metrics or {}).get("done"))
+    from vptsearch.search._scheduler import PerTaskScheduler
+
+    stopped = PerTaskScheduler.stopped_trial_ids
+
+    def ended(r: Any) -> bool:
+        last = r.metrics or {}
+        return r.error is not None or bool(last.get("done")) or last.get("trial_id") in stopped
+
+    return sum(1 for r in results if ended(r))
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ per ``config["task"]`` and routes every scheduler call to it; trial selection st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
@@ -18,6 +18,12 @@ from vptsearch.spec import SearchSpec
 
 class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
     """Routes scheduler calls to one ASHA per task (created on the task's first trial)."""
+
+    # Trials some instance in this driver process stopped: on ``Tuner.restore`` Tune runs the
+    # scheduler unpickled from the experiment, not the one the driver built, and the last result
+    # of a trial stopped there need not carry ``done`` (seen on a resumed launch), so
+    # finished_trials() asks here which trials really ended.
+    stopped_trial_ids: ClassVar[set[str]] = set()
 
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: int) -> None:
         super().__init__()
@@ -51,6 +57,8 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
         if trial.trial_id not in asha._trial_info:  # restored trial: re-register with its bracket
             asha.on_trial_add(tune_controller, trial)
         decision = asha.on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            PerTaskScheduler.stopped_trial_ids.add(trial.trial_id)
         if decision == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < self.asha_kwargs["max_t"]:
             task = trial.config.get("task", "")
             self.stopped[task] = self.stopped.get(task, 0) + 1

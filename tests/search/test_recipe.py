@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vptsearch.spec import spec_from_dict
+from vptsearch.spec import PARAMS, spec_from_dict
 from vptsearch.train import ListReporter, run_trial
 
 
@@ -60,3 +60,15 @@ def test_dropout_mask_reaches_the_model(base_raw: dict, mask: str, monkeypatch: 
     spec = _spec(base_raw, epochs=1, prompt_dropout_mask=mask)
     run_trial({"method": "vpt", "prompt.length": 2}, task="mini/digits", spec=spec, reporter=ListReporter())
     assert built[0]["dropout_mask"] == mask and built[0]["prompt_dropout"] == 0.1
+
+
+@pytest.mark.parametrize("key", sorted(PARAMS))
+def test_the_final_phase_retrains_the_winner_with_every_parameter_it_searched(key: str) -> None:
+    """Every spec parameter travels from the winning search trial to its final-phase configs (a
+    hand-kept prefix list once dropped ``head.norm``: finals retrained without the head norm)."""
+    from vptsearch.search._protocol import TrialRecord, final_configs, select
+
+    config = {"method": "vpt", key: PARAMS[key].default, "task": "mini/digits", "phase": "search", "seed": 0}
+    rec = TrialRecord.from_result("t1", config, {"val_acc": 0.5, "epoch": 2, "done": True}, False, 2)
+    (final, *_), = final_configs(select([rec], ["mini/digits"]), (0, 1)).values()
+    assert final[key] == PARAMS[key].default and final["phase"] == "final"

@@ -14,12 +14,15 @@ from typing import Any
 
 from vptsearch.search._searcher import trial_status
 
-HPARAM_PREFIXES = ("method", "prompt.", "optim.", "adapter.", "partial.")
-
 
 def hparams(config: dict[str, Any]) -> dict[str, Any]:
-    """The searched hyper-parameters of a trial config (without task / phase / seed)."""
-    return {k: v for k, v in config.items() if k == "method" or k.startswith(HPARAM_PREFIXES)}
+    """The hyper-parameters of a trial config (without task / phase / seed): ``method`` and every
+    parameter the spec knows (:data:`vptsearch.spec.PARAMS`). Taken from the spec's table, not a
+    list of prefixes: a hand-kept list once lacked ``head.`` and the final phase retrained every
+    winner without its head norm (tested 59 % on digits against 86 % with it)."""
+    from vptsearch.spec import PARAMS
+
+    return {k: v for k, v in config.items() if k == "method" or k in PARAMS}
 
 
 def strategy_of(config: dict[str, Any]) -> str:

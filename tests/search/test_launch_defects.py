@@ -254,8 +254,9 @@ def test_interrupted_launch_names_the_space_file_in_its_resume_hint(base_raw, tm
     assert "3/8 trials finished" in err and f"--space {space} --resume" in err and "..." not in err
 
 
-# --- Tune-level: one local Ray for the module ------------------------------------------------------
-@pytest.fixture(scope="module")
+# --- Tune-level: a local Ray per test ---------------------------------------------------------------
+# Not module-scoped: the preflight tests below assert that a refused launch never started Ray.
+@pytest.fixture
 def local_ray():
     import ray
 

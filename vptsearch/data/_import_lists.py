@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from vptsearch._errors import ConfigError, DataError
-from vptsearch.data._codec import resized_jpeg, safe_key
 from vptsearch.data._manifest import MANIFEST
 from vptsearch.data._tasks import (
     CUSTOM_SUITE,
@@ -319,18 +318,10 @@ def _task_folders(src: Path) -> list[Path]:
 
 
 def _samples(plan: _Plan, split: str, resize: int | None) -> Iterator[Sample]:
+    from vptsearch.data._importers import _sample  # _importers imports this module
+
     for rel, label in plan.lists[split]:
-        path = plan.folder / rel
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
-        if resize:
-            try:
-                data = resized_jpeg(data, resize)
-            except ValueError as exc:
-                raise DataError(f"image {path} does not decode: {exc}") from None
-        yield Sample(safe_key(Path(rel).with_suffix("").as_posix()), data, label, source=str(path))
+        yield _sample(plan.folder / rel, Path(rel).with_suffix("").as_posix(), label, resize)
 
 
 def import_lists(

@@ -348,23 +348,15 @@ def _load(name: str) -> Any:
     return module
 
 
-@contextlib.contextmanager
-def _swapped_trainable(sim: dict[str, Any]):
+def _swapped_trainable(sim: dict[str, Any]) -> Any:
     """``_trainable.make_trainable`` -> ``sim_trainable``, bound and resourced like the real one."""
     from ray import tune
-
-    from vptsearch.search import _trainable
 
     def make(spec: Any, backbone: Any = None) -> Any:  # make_trainable's signature
         bound = tune.with_parameters(sim_trainable, spec_json=json.dumps(spec.to_dict()), sim=sim)
         return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
-    orig = _trainable.make_trainable
-    _trainable.make_trainable = make
-    try:
-        yield
-    finally:
-        _trainable.make_trainable = orig
+    return _load("bench_platform_overhead").swapped_make_trainable(make)
 
 
 def _trials_per_task(args: argparse.Namespace, mode: str) -> int:

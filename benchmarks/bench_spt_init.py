@@ -10,7 +10,7 @@ are the task's final train split (train800val200: 1 000 images, every patch toke
 preprocessed as trials do (eval transform, backbone normalisation), decoded once before timing.
 Every initialiser's time includes its forward passes through the frozen backbone.
 
-One trial: the mini_deep recipe (``search_spaces/mini_deep.yaml``: VPT-deep, batch 32, 10 epochs)
+One trial: the mini_deep recipe (``search_spaces/mini_deep.yaml``: VPT-deep, batch 32, its epochs)
 on the task's search split at p = 10 with random init, timed by ``run_trial`` for ``--trial-epochs``
 epochs; ``trial_seconds = median(epoch_seconds) x recipe epochs`` (stated in the JSON), so a short
 measurement stands in for the full trial. Ratios: initialiser seconds / trial seconds; target for

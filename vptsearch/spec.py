@@ -91,6 +91,22 @@ PARAMS: dict[str, ParamDef] = {
 }
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal values of one type, or equal numbers (4 == 4.0; never True == 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+def warm_start_journal(source: str | Path) -> Path | None:
+    """The optuna.journal of an earlier launch given its run dir (or the journal file); None if absent."""
+    path = Path(source).expanduser()
+    journal = path / "optuna.journal" if path.is_dir() else path
+    return journal if journal.is_file() and journal.name.endswith("journal") else None
+
+
 @dataclass(frozen=True)
 class Param:
     """A hyper-parameter: ``kind`` is ``fixed`` (``values[0]``) or one of :data:`DIST_KINDS`."""
@@ -113,6 +129,15 @@ class Param:
         if self.log:
             out["log"] = True
         return out
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this parameter can take (a warm-start config must fit the space)."""
+        if self.kind in ("fixed", "choice"):
+            return any(same_value(value, v) for v in self.values)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        lo, hi = self.values
+        return lo <= value <= hi and (self.kind != "int" or float(value).is_integer())
 
     def grid_values(self) -> tuple[Any, ...]:
         if self.kind in ("fixed", "choice"):
@@ -149,6 +174,11 @@ class SearchConfig:
     max_concurrent: int = 2
     seed: int = 0
     n_startup_trials: int = 5  # TPE: random trials before the model kicks in
+    # Seed each task's study with configurations that did well elsewhere (see docs/search.md):
+    # "none"; "launch" = the other tasks of this launch, as their trials complete; or an earlier
+    # launch's run dir (its optuna.journal). Only full-budget val results move, never a test split.
+    warm_start: str = "none"
+    warm_start_top_k: int = 2  # warm-start trials per task, at most
 
 
 @dataclass(frozen=True)
@@ -576,6 +606,17 @@ def _validate(spec: SearchSpec) -> None:
             raise _err(key, f"expected an integer >= 1, got {v}")
     if s.n_startup_trials < 0:
         raise _err("search.n_startup_trials", f"expected an integer >= 0, got {s.n_startup_trials}")
+    if s.warm_start_top_k < 1:
+        raise _err("search.warm_start_top_k", f"expected an integer >= 1, got {s.warm_start_top_k}")
+    if s.warm_start != "none":
+        if s.algorithm == "grid":
+            raise _err("search.warm_start", "a grid search tries every configuration anyway; accepted: none")
+        if s.warm_start != "launch" and warm_start_journal(s.warm_start) is None:
+            raise _err(
+                "search.warm_start",
+                f"{s.warm_start!r} is neither none, launch nor an earlier launch's run dir "
+                "(no optuna.journal there)",
+            )
     if sch.type not in SCHEDULERS:
         raise _err("scheduler.type", f"unknown {sch.type!r}; accepted: {', '.join(SCHEDULERS)}")
     if sch.reduction_factor < 2:

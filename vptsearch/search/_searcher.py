@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from vptsearch.search._state import DriverStateMixin
+from vptsearch.search._warm_start import WarmStart
 from vptsearch.spec import SearchSpec, define_by_run
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
         max_concurrent: int,
         fixed: Mapping[str, list[dict[str, Any]]] | None = None,
         metric: str | None = METRIC,
+        warm_start: WarmStart | None = None,
     ) -> None:
         # metric=None for the final phase: its trials report no validation accuracy (no val split).
         super().__init__(metric=metric, mode=MODE if metric else None)
@@ -196,6 +198,7 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
         self.started: dict[str, int] = dict.fromkeys(self.budgets, 0)
         self.live: dict[str, set[str]] = {t: set() for t in self.budgets}
         self.task_of: dict[str, str] = {}
+        self.warm_start = warm_start
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
@@ -210,6 +213,8 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
             if task in self.fixed:
                 config = dict(self.fixed[task][self.started[task]])
             else:
+                if self.warm_start is not None:  # the enqueued trial is the one asked next
+                    self.warm_start.maybe_enqueue(task, self.studies())
                 config = self.searchers[task].suggest(trial_id)
                 if config is None:
                     continue
@@ -258,6 +263,8 @@ def build_searcher(
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study/trial is noise here
     searchers = {t: make_task_searcher(spec, t, journal) for t in tasks}
+    warm = WarmStart(spec, tasks) if spec.search.warm_start != "none" else None
     return MultiTaskSearcher(
-        searchers, dict.fromkeys(tasks, spec.search.trials_per_task), spec.search.max_concurrent
+        searchers, dict.fromkeys(tasks, spec.search.trials_per_task), spec.search.max_concurrent,
+        warm_start=warm,
     )

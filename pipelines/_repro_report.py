@@ -1,4 +1,5 @@
-"""Tables, claims and plots of the reproduction, from the finished launches' ``results.json``.
+"""Tables, claims and plots of the reproduction, from the finished launches' records (each holds
+the launch's ``results.json``; see ``pipelines/reproduce.py``).
 
 The table and claim functions are pure (plain dicts in, rows / verdicts out) so tests can feed them
 synthetic results. Every claim is a paired difference (A − B on the same task, backbone and final
@@ -17,6 +18,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,17 @@ def paired(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[float]:
 
 
 # --- collection ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finished:
+    """A finished launch as :func:`collect` reads it: its record (``results``: the launch's
+    results.json, ``timing``, ``finished``, ``machine``, ``versions``), where that record lies, and
+    the run folder when this machine has it (records outlive run folders: runs/ is not tracked)."""
+
+    record: dict[str, Any]
+    path: Path
+    run_dir: Path | None = None
+
+
 def _cell(r: dict[str, Any]) -> dict[str, Any]:
     best = r.get("best") or {}
     probe = r.get("probe") or {}
@@ -117,11 +130,13 @@ def _cell(r: dict[str, Any]) -> dict[str, Any]:
             "probe": {"val": probe.get("val_acc"), "test": probe.get("test_acc")} if probe else None}
 
 
-def collect(launches: list[Launch], specs: list[Any], finder: Callable[[Any], Path | None]) -> dict[str, Any]:
+def collect(launches: list[Launch], specs: list[Any],
+            finder: Callable[[Any], Finished | None]) -> dict[str, Any]:
     """Gather every finished launch's per-task test results into one dict:
     ``main[backbone][variant][task]``, ``length[backbone][init][task][p]``, ``frozen[backbone][init][task]``,
     ``size[variant][task]`` (cells as :func:`_cell`), ``probe[backbone][task]`` ({val, test}),
-    ``groups[task]`` and ``launches`` (name, study, backbone, variant, done, run_dir)."""
+    ``groups[task]`` and ``launches`` (name, study, backbone, variant, done, run_dir, record, seconds).
+    ``finder(spec)``: the launch's :class:`Finished`, or None while it is not done."""
     from vptsearch.data import get_task
 
     res: dict[str, Any] = {"main": {}, "length": {}, "frozen": {}, "size": {}, "probe": {}, "groups": {},
@@ -129,19 +144,17 @@ def collect(launches: list[Launch], specs: list[Any], finder: Callable[[Any], Pa
     main_p: dict[tuple[str, str], Any] = {}
     length_tasks: dict[tuple[str, str], set[str]] = {}
     for lc, spec in zip(launches, specs, strict=True):
-        run_dir = finder(spec)
-        res["launches"].append({"name": lc.name, "study": lc.study, "backbone": lc.backbone,
-                                "variant": lc.variant, "done": run_dir is not None,
-                                "run_dir": str(run_dir) if run_dir else None})
+        found = finder(spec)
+        res["launches"].append(_launch_entry(lc, found))
         for t in lc.tasks:
             res["groups"][t] = get_task(t, spec.data_root).group
         if lc.study == "main":
             main_p[(lc.backbone, lc.variant)] = lc.params.get("prompt.length")
         if lc.study == "length":
             length_tasks.setdefault((lc.backbone, lc.extra["init"]), set()).update(lc.tasks)
-        if run_dir is None:
+        if found is None:
             continue
-        out = json.loads((run_dir / "results.json").read_text())
+        out = found.record["results"]
         per_task = {task: _cell(r) for task, r in out["tasks"].items()}
         for task, c in per_task.items():
             if c["probe"] and c["probe"]["test"] is not None:
@@ -168,6 +181,20 @@ def collect(launches: list[Launch], specs: list[Any], finder: Callable[[Any], Pa
     res["total"] = len(launches)
     res["finished"] = sum(1 for x in res["launches"] if x["done"])
     return res
+
+
+def _launch_entry(lc: Launch, found: Finished | None) -> dict[str, Any]:
+    timing = (found.record.get("timing") or {}) if found else {}
+    return {"name": lc.name, "study": lc.study, "backbone": lc.backbone, "variant": lc.variant,
+            "done": found is not None, "run_dir": str(found.run_dir) if found and found.run_dir else None,
+            "record": str(found.path) if found else None, "seconds": timing.get("seconds")}
+
+
+def timings_of(res: dict[str, Any]) -> dict[str, Any]:
+    """The measured seconds of the finished launches, from their records (the ``timings`` of
+    :func:`document`); a record harvested from a run folder without a timing has none."""
+    return {x["name"]: {"status": "done", "seconds": x["seconds"]} for x in res["launches"]
+            if x["done"] and x.get("seconds") is not None}
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -599,18 +626,20 @@ def _group_rank(group: str) -> int:
     return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU; Python {platform.python_version()}, "
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores ({cpu_model()}), no GPU; Python {platform.python_version()}, "
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 
@@ -654,7 +683,7 @@ def study_times(timings: dict[str, Any], res: dict[str, Any]) -> str:
 
 def _timed(timings: dict[str, Any], res: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(launch, timing) of the plan's finished launches whose timing belongs to that very run folder
-    (a timings.json entry of an older plan under the same name does not count)."""
+    (a timing naming another run folder, e.g. an older plan's under the same name, does not count)."""
     out = []
     for x in res["launches"]:
         t = timings.get(x["name"], {})
@@ -680,9 +709,19 @@ def recipe(sizes: Sizes) -> str:
     )
 
 
+def progress_text(records: str) -> str:
+    """The rule that keeps a multi-session run alive (every session starts from a fresh clone)."""
+    return (f"Progress: one record per finished launch, `{records}/<launch>.json` (its results.json, spec "
+            "identity, wall time, date, machine and versions); this page, the claims and the plots are "
+            "rebuilt from the records alone. **Commit the records after every sitting**: `runs/` and "
+            "`mlflow.db` are not tracked, so a fresh clone continues from the committed records (a record "
+            "of the same spec = done, skipped). The MLflow experiment (and its `repro-report` run's "
+            "metrics) holds only the launches run on the machine that built this page.")
+
+
 def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[str, Any], full_cmd: str,
              plot_names: list[str], plot_dir: str, tracking: str = "",
-             launches: list[Launch] | None = None) -> str:
+             launches: list[Launch] | None = None, records: str = "") -> str:
     timed = _timed(timings, res)
     secs = sum(t.get("seconds", 0) for _, t in timed)
     partial = res["finished"] < res["total"]
@@ -695,6 +734,7 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
         f"Command: `{command}` (to continue an unfinished run: `{full_cmd}`; to rebuild this page from the "
         "finished launches: `.venv/bin/python pipelines/reproduce.py --report-only`).",
         "",
+        *([progress_text(records), ""] if records else []),
     ]
     if partial:
         lines += [f"**Partial: {res['finished']} of {res['total']} launches finished.** "
@@ -702,8 +742,8 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
     lines += [
         f"Measured wall time of the launches run so far: {secs / 60:.1f} min for {len(timed)} launch(es) "
         "(each launch's own time from its last invocation, on a machine shared with other jobs; per launch "
-        "in `timings.json` of the run "
-        "folder)" + (f"; per study: {study_times(timings, res)}." if timed else "."),
+        "in its record, with the machine it ran on)"
+        + (f"; per study: {study_times(timings, res)}." if timed else "."),
         "",
         *([tracking, ""] if tracking else []),
         "## Protocol and sizes",
@@ -769,10 +809,12 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
               size_table_md(res), ""]
     if plot_names:
         lines += ["## Plots", ""] + [f"![{n}]({plot_dir}/{n})" for n in plot_names] + [""]
-    lines += ["## Launches", "", "| launch | study | finished | run dir |", "|---|---|---|---|"]
+    lines += ["## Launches", "", "| launch | study | finished | run dir (else its record) |",
+              "|---|---|---|---|"]
     for x in res["launches"]:
         done_cell = "yes" if x["done"] else "no"
-        where = os.path.relpath(x["run_dir"]) if x["run_dir"] else "–"
+        where = x["run_dir"] or x.get("record")  # a fresh clone has the records, not the run folders
+        where = os.path.relpath(where) if where else "–"
         lines.append(f"| {x['name']} | {x['study']} | {done_cell} | {where} |")
     return "\n".join(lines) + "\n"
 
@@ -803,16 +845,17 @@ def log_to_mlflow(tracking_uri: str, experiment: str, files: list[Path], res: di
 
 
 def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timings: dict[str, Any],
-            tracking_uri: str, experiment: str, full_cmd: str, launches: list[Launch] | None = None) -> None:
+            tracking_uri: str, experiment: str, full_cmd: str, launches: list[Launch] | None = None,
+            records: str = "") -> None:
     """Write the markdown page, plots and claims JSON; log them to MLflow."""
     plot_dir = out.parent / "results"
     pngs = plots(res, plot_dir)
     rel = "results"
-    tracking = (f"MLflow: experiment `{experiment}` in `{tracking_uri}` (every launch with its task and "
-                "trial runs, plus a `repro-report` run holding this page, the claims and the plots); browse "
-                f"with `vptsearch ui --tracking-uri {tracking_uri}`.")
+    tracking = (f"MLflow: experiment `{experiment}` in `{tracking_uri}` (every launch run on this machine "
+                "with its task and trial runs, plus a `repro-report` run holding this page, the claims and "
+                f"the plots); browse with `vptsearch ui --tracking-uri {tracking_uri}`.")
     text = document(res, sizes, command=command, timings=timings, full_cmd=full_cmd, tracking=tracking,
-                    plot_names=[p.name for p in pngs], plot_dir=rel, launches=launches)
+                    plot_names=[p.name for p in pngs], plot_dir=rel, launches=launches, records=records)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     claims_path = plot_dir / "claims.json"

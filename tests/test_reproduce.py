@@ -390,6 +390,25 @@ def test_quick_end_to_end(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 10, again.stdout[-2000:]
+    records = sorted((tmp_path / "runs" / "launches").glob("*.json"))
+    assert len(records) == 10 and all(json.loads(r.read_text())["results"]["tasks"] for r in records)
+    # a fresh clone holds the records but no run folder: every launch done, the same claims
+    import shutil
+
+    for d in (tmp_path / "runs").iterdir():
+        if d.name != "launches":
+            shutil.rmtree(d)
+    base = [sys.executable, str(PIPELINES / "reproduce.py"), "--quick", "--run-dir", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(out)]
+    planned = subprocess.run([*base, "--plan"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert planned.returncode == 0 and planned.stdout.count(" done\n") == 10, planned.stdout[-2000:]
+    rebuilt = subprocess.run([*base, "--report-only"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stdout[-2000:] + rebuilt.stderr[-2000:]
+    assert "| repro_main_sup_full | main | yes | runs/launches/repro_main_sup_full.json |" in out.read_text()
+    again_verdicts = {c["id"]: c["verdict"]
+                      for c in json.loads((tmp_path / "results" / "claims.json").read_text())["claims"]}
+    assert again_verdicts.pop("spt_gain_larger_on_mae") == "n/a" and again_verdicts == verdicts
 
 
 def _full_results() -> dict:
@@ -458,28 +477,224 @@ def test_publish_writes_page_plots_and_mlflow_run(repro, tmp_path: Path, monkeyp
     assert {"results.md", "claims.json", "train_size_sweep.png"} <= names
 
 
-def test_finished_launches_are_found_and_skipped(repro, tmp_path: Path) -> None:
-    """Incremental runs: same spec + results.json -> done; same spec, no results -> resume;
-    changed sizes -> new (the old folder is kept); a new spec section alone changes nothing."""
-    plan, _ = repro
-    reproduce = importlib.import_module("reproduce")
+@pytest.fixture()
+def reproduce(repro):
+    return importlib.import_module("reproduce")
+
+
+def _quick_spec(plan, tmp_path: Path, sizes=None, index: int = 0):
+    """One quick launch's spec, its run folders under ``tmp_path``."""
     from vptsearch.spec import spec_from_dict
 
-    lc = plan.plan(quick=True)[0]
+    lc = plan.plan(quick=True)[index]
+    return spec_from_dict(plan.spec_dict(lc, sizes or plan.QUICK, run_dir=str(tmp_path),
+                                         tracking_uri="sqlite:///x.db", experiment="repro-quick",
+                                         data_root=str(tmp_path)))
 
-    def spec(sizes):
-        return spec_from_dict(plan.spec_dict(lc, sizes, run_dir=str(tmp_path), tracking_uri="sqlite:///x.db",
-                                             experiment="repro-quick", data_root=str(tmp_path)))
 
-    assert reproduce.launch_state(spec(plan.QUICK)) == ("new", None)
-    run = tmp_path / lc.name / "20260101-000000"
-    spec(plan.QUICK).dump(run / "spec.yaml")
-    assert reproduce.launch_state(spec(plan.QUICK)) == ("resume", run)
-    (run / "results.json").write_text("{}")
-    assert reproduce.launch_state(spec(plan.QUICK)) == ("done", run)
-    assert reproduce.finished_run_dir(spec(plan.QUICK)) == run
+def _task_results(tasks, acc: float = 0.5) -> dict:
+    """A launch's results.json as vptsearch.search.launch writes it (the keys collect reads)."""
+    return {"tasks": {t: {"test_mean": acc, "test_std": 0.01, "test_accs": {"0": acc - 0.01, "1": acc + 0.01},
+                          "ensemble_test_acc": acc + 0.02,
+                          "best": {"val_acc": acc, "tuned_percent": 1.5, "config": {"optim.base_lr": 1.0}},
+                          "probe": {"val_acc": 0.4, "test_acc": 0.45}} for t in tasks},
+            "rows": [{"task": t, "test_acc": acc} for t in tasks]}
+
+
+MACHINE = {"cores": 2, "cpu": "test cpu", "system": "Linux test"}
+VERSIONS = {"python": "3.x", "vptsearch": "0.1.0", "commit": "abc"}
+
+
+def _record(reproduce, spec, results: dict | None = None, seconds: float | None = 12.5) -> dict:
+    return reproduce.make_record(spec.name, reproduce.spec_identity(spec),
+                                 results or _task_results(spec.suite), seconds=seconds, launch_seconds=10.0,
+                                 finished="2027-01-01T00:00:00Z", machine=MACHINE, versions=VERSIONS)
+
+
+def test_finished_launches_are_found_and_skipped(repro, reproduce, tmp_path: Path) -> None:
+    """Without records (older runs): same spec + results.json -> done (a record is harvested, not yet
+    written); same spec, no results or a failed launch's results -> resume; changed sizes -> new (the
+    old folder is kept); a new spec section alone changes nothing."""
+    plan, _ = repro
+    records = tmp_path / "records"
+    spec = _quick_spec(plan, tmp_path)
+    assert reproduce.launch_state(spec, records) == reproduce.State("new")
+    run = tmp_path / spec.name / "20260101-000000"
+    spec.dump(run / "spec.yaml")
+    assert reproduce.launch_state(spec, records) == reproduce.State("resume", run)
+    (run / "results.json").write_text(json.dumps({"tasks": {}, "error": "export failed"}))
+    assert reproduce.launch_state(spec, records).state == "resume"
+    (run / "results.json").write_text(json.dumps(_task_results(spec.suite)))
+    st = reproduce.launch_state(spec, records)
+    assert (st.state, st.run_dir, st.recorded, st.stale) == ("done", run, False, False)
+    assert st.record["results"] == _task_results(spec.suite) and not records.exists()  # read-only
+    assert "record is written on the next run" in reproduce.state_text(st)
     from dataclasses import replace
 
-    assert reproduce.launch_state(spec(replace(plan.QUICK, epochs=2))) == ("new", None)
-    saved = spec(plan.QUICK).to_dict()
+    assert reproduce.launch_state(_quick_spec(plan, tmp_path, replace(plan.QUICK, epochs=2)), records).state \
+        == "new"
+    saved = spec.to_dict()
     assert reproduce._identity({**saved, "tracking": {"uri": "elsewhere"}}) == reproduce._identity(saved)
+
+
+def test_a_finished_run_folder_is_harvested_into_its_record(repro, reproduce, tmp_path: Path) -> None:
+    """finished() (collect's finder) writes the record of an older run folder, its time taken from the
+    old timings.json when that names this very folder; afterwards the record alone says done."""
+    plan, _ = repro
+    records = tmp_path / "records"
+    spec = _quick_spec(plan, tmp_path)
+    run = tmp_path / spec.name / "20260101-000000"
+    spec.dump(run / "spec.yaml")
+    (run / "results.json").write_text(json.dumps(_task_results(spec.suite)))
+    (tmp_path / "timings.json").write_text(json.dumps(
+        {spec.name: {"status": "done", "seconds": 77.0, "launch_seconds": 70.0, "run_dir": str(run)}}))
+    found = reproduce.finished(spec, records)
+    assert found.path == records / f"{spec.name}.json" and found.run_dir == run
+    assert found.record["timing"] == {"seconds": 77.0, "launch_seconds": 70.0}
+    assert json.loads(found.path.read_text()) == found.record
+    import shutil
+
+    shutil.rmtree(tmp_path / spec.name)  # a fresh clone: the record, no run folder
+    st = reproduce.launch_state(spec, records)
+    assert (st.state, st.run_dir, st.recorded) == ("done", None, True)
+
+
+def test_a_record_says_done_without_any_run_folder(repro, reproduce, tmp_path: Path) -> None:
+    plan, _ = repro
+    records = tmp_path / "docs" / "results" / "launches"
+    spec = _quick_spec(plan, tmp_path)
+    path = reproduce.write_record(records, _record(reproduce, spec))
+    assert path == records / f"{spec.name}.json" and not (tmp_path / spec.name).exists()
+    st = reproduce.launch_state(spec, records)
+    assert (st.state, st.run_dir, st.recorded, st.stale) == ("done", None, True, False)
+    assert reproduce.state_text(st) == "done"
+    found = reproduce.finished(spec, records)
+    assert found == reproduce.Finished(json.loads(path.read_text()), path, None)
+    # the other launches of the plan have no record: new
+    assert reproduce.launch_state(_quick_spec(plan, tmp_path, index=1), records).state == "new"
+
+
+def test_a_record_of_another_identity_is_stale(repro, reproduce, tmp_path: Path) -> None:
+    """Changed sizes: the record is stale, the launch is new (and said so); once the new spec's run
+    folder finishes, its record replaces the stale one."""
+    plan, _ = repro
+    from dataclasses import replace
+
+    records = tmp_path / "records"
+    old = _quick_spec(plan, tmp_path)
+    reproduce.write_record(records, _record(reproduce, old))
+    spec = _quick_spec(plan, tmp_path, replace(plan.QUICK, epochs=2))
+    st = reproduce.launch_state(spec, records)
+    assert (st.state, st.stale) == ("new", True)
+    assert reproduce.state_text(st) == "new (its record is of an older spec: redone)"
+    assert reproduce.finished(spec, records) is None
+    run = tmp_path / spec.name / "20270101-000000"
+    spec.dump(run / "spec.yaml")
+    assert reproduce.launch_state(spec, records).state == "resume"
+    (run / "results.json").write_text(json.dumps(_task_results(spec.suite, 0.7)))
+    found = reproduce.finished(spec, records)
+    assert found.record["identity"] == reproduce.spec_identity(spec)
+    assert found.record["identity"]["training"]["epochs"] == 2
+    assert reproduce.read_record(records, spec.name) == found.record
+    assert reproduce.launch_state(old, records).stale  # the QUICK spec's record is gone now
+
+
+def test_record_identity_is_json_and_survives_new_spec_defaults(repro, reproduce, tmp_path: Path) -> None:
+    """The identity is stored in its JSON form and compared in that form; a field vptsearch added
+    since the record was written (absent from it, default today) does not make the record stale."""
+    plan, _ = repro
+    records = tmp_path / "records"
+    spec = _quick_spec(plan, tmp_path)
+    identity = reproduce.spec_identity(spec)
+    assert json.loads(json.dumps(identity)) == identity
+    assert identity["suite"] == list(spec.suite)  # a tuple in the spec, a list in the record
+    record = _record(reproduce, spec)
+    del record["identity"]["search"]["warm_start"]  # written before search.warm_start existed
+    reproduce.write_record(records, record)
+    assert reproduce.launch_state(spec, records).state == "done"
+    record["identity"]["search"]["no_such_field"] = 1  # a field vptsearch no longer knows: stale
+    reproduce.write_record(records, record)
+    assert reproduce.launch_state(spec, records).stale
+
+
+def test_records_are_byte_identical_from_the_same_inputs(repro, reproduce, tmp_path: Path) -> None:
+    """Sorted keys and a fixed indent: the same inputs (in any key order, tuples or lists) give the
+    same bytes, so a rewritten record makes no git diff; the write leaves no temp file."""
+    plan, _ = repro
+    spec = _quick_spec(plan, tmp_path)
+    a = _record(reproduce, spec)
+    res = _task_results(spec.suite)
+    shuffled = {k: res[k] for k in reversed(list(res))}
+    identity = dict(reversed(list(reproduce.spec_identity(spec).items())))
+    b = reproduce.make_record(spec.name, identity, shuffled, seconds=12.5, launch_seconds=10.0,
+                              finished="2027-01-01T00:00:00Z", machine=dict(reversed(list(MACHINE.items()))),
+                              versions=VERSIONS)
+    assert reproduce.record_text(a) == reproduce.record_text(b)
+    one, two = tmp_path / "one", tmp_path / "two"
+    first = reproduce.write_record(one, a).read_bytes()
+    assert reproduce.write_record(two, b).read_bytes() == first
+    assert reproduce.write_record(one, b).read_bytes() == first  # rewriting: same bytes
+    assert sorted(p.name for p in one.iterdir()) == [f"{spec.name}.json"]
+    rec = json.loads(first)
+    assert set(rec) == {"format", "launch", "identity", "results", "timing", "finished", "machine",
+                        "versions"}
+    assert rec["launch"] == spec.name and rec["timing"]["seconds"] == 12.5 and rec["machine"]["cores"] == 2
+
+
+def test_collect_reads_the_records(repro, reproduce, tmp_path: Path) -> None:
+    """collect and the page from records alone (no run folder): cells, probe, timings, and the
+    launches table pointing at the record."""
+    plan, rep = repro
+    records = tmp_path / "records"
+    launches = [lc for lc in plan.plan(quick=True) if lc.study == "main"]
+    specs = [_quick_spec(plan, tmp_path, index=i) for i, lc in enumerate(plan.plan(quick=True))
+             if lc.study == "main"]
+    done = {"repro_main_sup_vpt_deep": 0.6, "repro_main_sup_linear": 0.4}
+    for spec in specs:
+        if spec.name in done:
+            results = _task_results(spec.suite, done[spec.name])
+            reproduce.write_record(records, _record(reproduce, spec, results))
+    res = rep.collect(launches, specs, lambda s: reproduce.finished(s, records))
+    assert (res["finished"], res["total"]) == (2, len(launches))
+    vpt = res["main"]["sup"]["vpt-deep"]["mini/digits"]
+    assert vpt["mean"] == 0.6 and vpt["seeds"] == {"0": 0.59, "1": 0.61} and vpt["ensemble"] == 0.62
+    assert res["probe"]["sup"]["mini/digits"] == {"val": 0.4, "test": 0.45}
+    entry = next(x for x in res["launches"] if x["name"] == "repro_main_sup_linear")
+    assert entry["record"] == str(records / "repro_main_sup_linear.json") and entry["run_dir"] is None
+    assert rep.timings_of(res) == {n: {"status": "done", "seconds": 12.5} for n in done}
+    text = rep.document(res, plan.QUICK, command="c", timings=rep.timings_of(res), full_cmd="X",
+                        plot_names=[], plot_dir="results", records="docs/results/launches")
+    import os
+
+    assert f"| repro_main_sup_linear | main | yes | {os.path.relpath(entry['record'])} |" in text
+    assert "| repro_main_sup_full | main | no | – |" in text
+    assert "0.4 min for 2 launch(es)" in text
+    assert "**Commit the records after every sitting**" in text
+    assert "`docs/results/launches/<launch>.json`" in text
+
+
+def test_plan_shows_done_from_records(repro, reproduce, tmp_path: Path, capsys) -> None:
+    plan, _ = repro
+    from vptsearch.data import data_root
+    from vptsearch.spec import spec_from_dict
+
+    run_dir, records = tmp_path / "runs", tmp_path / "records"
+    lc = plan.plan(quick=True)[0]
+    spec = spec_from_dict(plan.spec_dict(lc, plan.QUICK, run_dir=str(run_dir), tracking_uri="sqlite:///x.db",
+                                         experiment="repro-quick", data_root=str(data_root(None))))
+    reproduce.write_record(records, _record(reproduce, spec))
+    assert reproduce.main(["--quick", "--plan", "--run-dir", str(run_dir), "--records", str(records)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"  1. {lc.name}") and lines[0].endswith(" done")
+    assert all(line.endswith(" new") for line in lines[1:-1]) and len(lines) == 11
+    assert f"records: {records}" in lines[-1] and not run_dir.exists()
+
+
+def test_a_broken_record_stops_the_run_naming_the_file(repro, reproduce, tmp_path: Path) -> None:
+    """A merge conflict in a record must not silently redo hours of work."""
+    plan, _ = repro
+    spec = _quick_spec(plan, tmp_path)
+    path = reproduce.record_path(tmp_path, spec.name)
+    path.write_text("<<<<<<< HEAD\n{}\n")
+    with pytest.raises(SystemExit, match=str(path)):
+        reproduce.launch_state(spec, tmp_path)

@@ -14,11 +14,15 @@ A tabular benchmark in the style of HPOBench / NAS-Bench:
    at once to ``<results>/grid_<hash>.parquet`` (hash of grid + fixed params + recipe + image
    budget; key = task + config + seed), so a rerun trains nothing and an interrupted grid resumes
    where it stopped. 324 cells of ~40 s each on 2 idle cores: about 3.6 h, built over sessions.
-2. **Replay.** Each search method runs through the components a launch uses: ``build_searcher``
-   (one seeded Optuna study per task) and ``build_scheduler`` (one ASHA per task, or FIFO, with the
-   shipped space's grace period and reduction factor), driven by a real ``tune.Tuner`` whose
-   trainable replays the cached curve of the suggested configuration for one of its seeds, drawn
-   per trial: the search sees seed noise, as a real one does.
+2. **Replay.** Each search method runs through the components a launch uses (``_search_replay.py``):
+   ``build_searcher`` (one seeded Optuna study per task) and ``build_scheduler`` (one ASHA per task,
+   or FIFO, with the shipped space's grace period and reduction factor), driven by a real
+   ``tune.Tuner`` whose trainable replays the cached curve of the suggested configuration for one
+   of its seeds, drawn per trial: the search sees seed noise, as a real one does. Methods: random,
+   random+ASHA, TPE, TPE+ASHA, screening (random configurations for one rung, then the top 3 of
+   each task continued to the end), and TPE+ASHA with the cross-task warm start, both as a launch
+   runs it (``warm_start: launch``) and leave-one-task-out (``warm_start: <earlier run dir>`` whose
+   journal holds the other tasks' grid, never the held-out task's own results).
 3. **Noise-aware score** (``_search_score.py``): a configuration's true quality is its
    seed-averaged final val accuracy; the search selects the completed trial with the best val it
    *saw*; regret = best true quality - true quality of the selection; "found" = regret <= one
@@ -50,8 +54,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _search_replay import METHODS, Replay
+from _search_replay import config_key as _config_key
 from _search_score import (  # benchmarks/ is not a package when run as a script
-    Event,
     epochs_to_found,
     regret_at,
     regret_curve,
@@ -101,11 +106,6 @@ def shipped_space(
 
 BACKBONE, GRID, FIXED, RECIPE, SHIPPED_ASHA = shipped_space()
 PARAM_KEYS = tuple(GRID)
-METHODS: dict[str, tuple[str, str]] = {  # name -> (search.algorithm, scheduler.type)
-    "tpe_asha": ("tpe", "asha"),
-    "random_asha": ("random", "asha"),
-    "tpe": ("tpe", "none"),
-}
 TARGET_FRACTION = 0.10
 CHECKPOINTS = (0.05, 0.10, 0.20, 1 / 3)
 
@@ -118,7 +118,7 @@ def grid_configs(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def config_key(config: dict[str, Any]) -> str:
     """Stable key of a configuration (floats normalised so 10 and 10.0 match)."""
-    return "|".join(f"{k}={float(config[k]) if k.startswith('optim.') else config[k]}" for k in PARAM_KEYS)
+    return _config_key(config, PARAM_KEYS)
 
 
 def grid_hash(grid: dict[str, list[Any]], recipe: dict[str, Any], images: tuple[int, int] | None) -> str:
@@ -141,11 +141,12 @@ def make_spec(
     grace: int = 1,
     reduction: int = 3,
     run_dir: str = "runs",
+    warm_start: str = "none",
 ) -> Any:
     """The search space of the benchmark: the grid's choices as a vptsearch spec."""
     from vptsearch.spec import spec_from_dict
 
-    algorithm, scheduler = METHODS[method]
+    algorithm, scheduler = METHODS[method].algorithm, METHODS[method].scheduler
     return spec_from_dict(
         {
             "name": "bench_search_efficiency",
@@ -157,7 +158,7 @@ def make_spec(
             "params": {**FIXED, **{k: {"choice": list(v)} for k, v in grid.items()}},
             "search": {
                 "algorithm": algorithm, "trials_per_task": trials, "max_concurrent": 2,
-                "seed": seed, "n_startup_trials": 4,
+                "seed": seed, "n_startup_trials": 4, "warm_start": warm_start,
             },
             "scheduler": {"type": scheduler, "grace_period": grace, "reduction_factor": reduction},
             "training": dict(recipe),
@@ -277,80 +278,6 @@ def run_grid(
         if done % 10 == 0 or done == len(todo):
             say(f"grid: {done}/{len(todo)} trained ({time.perf_counter() - t0:.0f} s)")
     return rows, len(todo)
-
-
-# --- replay through the real searcher/scheduler/Tuner ---------------------------------------------
-def replay_trainable(config: dict[str, Any], curves: dict[str, list[list[float]]],
-                     completed: dict[str, list[bool]], search_seed: int) -> None:
-    """Report a cached val curve of ``config`` epoch by epoch (what run_trial reported).
-
-    Each visit draws one of the grid's seeds (a fixed draw per search seed and trial), so the
-    search sees the seed noise a real one would.
-    """
-    import random
-
-    from ray import tune
-
-    key = config["task"] + "#" + config_key(config)
-    draw = random.Random(f"{search_seed}/{tune.get_context().get_trial_id()}").randrange(len(curves[key]))
-    curve = curves[key][draw]
-    for epoch, acc in enumerate(curve, start=1):
-        last_diverged = not completed[key][draw] and epoch == len(curve)
-        tune.report({"epoch": epoch, "val_acc": acc, "diverged": int(last_diverged)})
-
-
-def _recorder() -> Any:
-    from ray.tune import Callback
-
-    class EpochRecorder(Callback):
-        """Every reported epoch and every trial end, in the order the Tune controller saw them."""
-
-        def __init__(self) -> None:
-            self.events: list[Event] = []
-
-        def _add(self, kind: str, trial: Any, result: dict) -> None:
-            self.events.append((kind, trial.config["task"], trial.trial_id, config_key(trial.config), result))
-
-        def on_trial_result(
-            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-        ) -> None:
-            self._add("result", trial, dict(result))
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._add("complete", trial, dict(trial.last_result or {}))
-
-    return EpochRecorder()
-
-
-def replay_search(spec: Any, tasks: list[str], curves: dict[str, list[list[float]]],
-                  completed: dict[str, list[bool]], storage: Path) -> list[Event]:
-    """One search (all tasks in one Tuner, as a launch does); returns the recorded events."""
-    from ray import tune
-
-    from vptsearch.search._scheduler import build_scheduler
-    from vptsearch.search._searcher import build_searcher
-
-    searcher = build_searcher(spec, tasks)
-    budget = sum(searcher.budgets.values())
-    recorder = _recorder()
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            replay_trainable, curves=curves, completed=completed, search_seed=spec.search.seed
-        ),
-        {"cpu": 1},
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=build_scheduler(spec), num_samples=budget, reuse_actors=True
-        ),
-        run_config=tune.RunConfig(
-            name="replay", storage_path=str(storage), callbacks=[recorder], verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    tuner.fit()
-    return recorder.events
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -517,6 +444,7 @@ def main(argv: list[str] | None = None, say: Any = None) -> dict[str, Any]:
 
     if __name__ in sys.modules and __name__ != "__main__":  # imported as benchmarks.<name>:
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import benchmarks/
+    cloudpickle.register_pickle_by_value(sys.modules["_search_replay"])  # its trainable, likewise
     t_start = time.perf_counter()
     grid = SMOKE_GRID if args.smoke else GRID
     recipe = {**RECIPE, "epochs": 2, "init_images": 64} if args.smoke else dict(RECIPE)
@@ -564,13 +492,15 @@ def main(argv: list[str] | None = None, say: Any = None) -> dict[str, Any]:
         traces: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in args.methods}
         replay_s: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="vptsearch-replay-") as tmp:
+            def spec_for(ts: list[str], *, method: str, seed: int, warm_start: str) -> Any:
+                return make_spec(ts, grid, recipe, data_root, method=method, seed=seed, trials=trials,
+                                 grace=args.grace, reduction=args.reduction, warm_start=warm_start)
+
+            replay = Replay(curves, completed, PARAM_KEYS, spec_for, Path(tmp))
             for method in args.methods:
                 t1 = time.perf_counter()
                 for seed in range(args.seeds):
-                    spec = make_spec(complete, grid, recipe, data_root, method=method, seed=seed,
-                                     trials=trials, grace=args.grace, reduction=args.reduction)
-                    events = replay_search(spec, complete, curves, completed, Path(tmp) / f"{method}-{seed}")
-                    for t in complete:
+                    for t, events in replay.run(method, complete, seed, args.grace).items():
                         run = trace(events, t, recipe["epochs"], trial_status)
                         traces[method].setdefault(t, []).append(run)
                 replay_s[method] = round(time.perf_counter() - t1, 2)
@@ -603,7 +533,7 @@ def main(argv: list[str] | None = None, say: Any = None) -> dict[str, Any]:
             "cells": n_cells, "wall_s": round(grid_wall, 1),
         },
         "search": {
-            "methods": {m: {"algorithm": METHODS[m][0], "scheduler": METHODS[m][1]} for m in args.methods},
+            "methods": {m: vars(METHODS[m]) for m in args.methods},
             "seeds": args.seeds, "trials_per_task": trials, "max_concurrent_per_task": 2,
             "asha": {"grace_period": args.grace, "reduction_factor": args.reduction,
                      "max_t": recipe["epochs"]},

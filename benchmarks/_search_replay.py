@@ -209,7 +209,9 @@ class Replay:
                                         load_if_exists=True)
             keys = [k for k in self.curves if k.startswith(task + "#")]
             values = {p: sorted({_parse(k)[p] for k in keys}, key=str) for p in self.param_keys}
-            dists = {p: optuna.distributions.CategoricalDistribution(v) for p, v in values.items()}
+            dists: dict[str, optuna.distributions.BaseDistribution] = {
+                p: optuna.distributions.CategoricalDistribution(v) for p, v in values.items()
+            }
             for k in keys:
                 study.add_trial(optuna.trial.create_trial(params=_parse(k), distributions=dists,
                                                           value=self.curves[k][0][-1]))

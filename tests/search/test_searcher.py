@@ -107,3 +107,84 @@ def test_tpe_does_not_retrain_a_configuration_it_already_completed(tmp_path) -> 
     assert all(t.state == TrialState.COMPLETE and t.value == 0.1 * t.params["prompt.length"] for t in dups)
     # The space is exhausted: after MAX_DUPLICATE_ASKS duplicates the searcher still returns one.
     assert s.suggest("t3")["prompt.length"] in (1, 5, 10)
+
+
+def _as_replayed(trials) -> list[tuple]:
+    return [(t._trial_id, t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs)
+            for t in trials]  # fmt: skip
+
+
+def test_the_working_copy_journal_replays_to_what_the_launch_saw(tmp_path) -> None:
+    """Reads come from memory and records are appended in batches, but the file stays Optuna's own
+    journal: a plain replay (load_studies, --resume, optuna-dashboard) sees the same trials, ids
+    included (the ids count both tasks' trials in file order: one storage for all tasks)."""
+    import pickle
+
+    spec = spec_from_dict(RAW)
+    journal = tmp_path / "optuna.journal"
+    mts = build_searcher(spec, ["mini/digits", "mini/textures"], journal=journal)
+    for i in range(3):
+        _drive(mts, f"t{i}", [0.2, 0.4, 0.5, 0.6 + 0.01 * i])
+    live = {t: _as_replayed(s.get_trials(deepcopy=False)) for t, s in mts.studies().items()}
+    assert {t: _as_replayed(s.trials) for t, s in load_studies(journal).items()} == live
+    # unpickled (Tune's searcher state on a restore): the storage replays the file
+    again = pickle.loads(pickle.dumps(mts))
+    assert {t: _as_replayed(s.get_trials(deepcopy=False)) for t, s in again.studies().items()} == live
+
+
+def test_the_working_copy_journal_refuses_a_second_writer(tmp_path) -> None:
+    import pytest
+
+    spec = spec_from_dict(RAW)
+    journal = tmp_path / "optuna.journal"
+    mine = make_task_searcher(spec, "mini/digits", journal=journal)
+    _drive(mine, "a", [0.5])
+    other = make_task_searcher(spec, "mini/digits", journal=journal)  # not how a launch runs
+    _drive(other, "b", [0.4])
+    _drive(mine, "c", [0.3])  # a read first sees the other writer's records: taken in, in order
+    assert [t.user_attrs["status"] for t in load_studies(journal)["mini/digits"].trials] == ["pruned"] * 3
+    assert mine.suggest("e") is not None
+    storage = mine._ot_study._storage
+    with pytest.raises(RuntimeError, match="another process appended"), storage.batch():
+        mine._ot_trials["e"].set_user_attr("k", 1)  # a record of its own in flight ...
+        _drive(other, "d", [0.2])  # ... when another writer appends: the ids could differ
+
+
+def test_tpe_models_the_best_and_the_latest_trials_of_a_long_study() -> None:
+    import optuna
+
+    from vptsearch.search import _searcher
+
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    for i in range(400):
+        if i % 4 == 0:
+            study.add_trial(optuna.trial.create_trial(params={"x": i / 400}, distributions={"x": dist},
+                                                      value=((i * 37) % 400) / 400))  # fmt: skip
+        else:
+            study.add_trial(optuna.trial.create_trial(
+                params={"x": i / 400}, distributions={"x": dist}, state=TrialState.PRUNED,
+                intermediate_values={1 + i % 3: ((i * 53) % 400) / 400},
+            ))  # fmt: skip
+    running = study.ask({"x": dist})
+    trials = study.get_trials(deepcopy=False)
+    best = _searcher._Best()
+    assert best.window(trials[:150], maximize=True) == trials[:150]  # a short study: unchanged
+    window = best.window(trials, maximize=True)
+    assert len(window) == _searcher.TPE_WINDOW + 1 and window[-1].number == running.number
+    kept = {t.number for t in window}
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    assert {t.number for t in done[: _searcher.TPE_WINDOW_BEST]} <= kept  # TPE's good set
+    deepest = [t for t in trials if t.state == TrialState.PRUNED and max(t.intermediate_values) == 3]
+    assert sum(t.number in kept for t in deepest) >= _searcher.TPE_WINDOW_BEST
+    assert {t.number for t in trials[-60:-1]} <= kept  # the latest
+    assert [t.number for t in window] == sorted(kept)
+    # the sampler itself: a long study still asks fine and the window is not part of its pickle
+    sampler = _searcher.WindowedTPESampler(seed=0, n_startup_trials=4, multivariate=True)
+    long = optuna.create_study(direction="maximize", sampler=sampler)
+    for t in trials[:-1]:
+        long.add_trial(t)
+    assert 0 <= long.ask({"x": dist}).params["x"] <= 1
+    import pickle
+
+    assert "_best" not in pickle.loads(pickle.dumps(sampler)).__getstate__()

@@ -22,7 +22,6 @@ Also here: the pretrained-vs-random probe recorded in the shipped backbones' mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from vptsearch._errors import VptsearchError
+from vptsearch._hashing import sha256_bytes
 
 PROBE_VERSION = 1  # bump when the protocol changes: cached results of other versions are ignored
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -119,7 +119,7 @@ def manifest_digest(manifest: Any, splits: Iterable[str]) -> str:
         (s.split, s.name, s.num_samples, s.sha256) for split in splits for s in manifest.split_shards(split)
     ]
     blob = json.dumps([manifest.task.name, list(manifest.class_names), shards])
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256_bytes(blob.encode())
 
 
 def probe_key(
@@ -150,7 +150,7 @@ def probe_key(
 
 
 def _cache_files(location: Path | str, task: str, key: dict[str, Any]) -> list[Path]:
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json"
+    name = sha256_bytes(json.dumps(key, sort_keys=True).encode())[:20] + ".json"
     fallback = Path.home() / ".cache" / "vptsearch" / CACHE_DIR / task / name
     return [Path(location) / CACHE_DIR / name, fallback] if isinstance(location, Path) else [fallback]
 

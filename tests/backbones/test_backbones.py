@@ -13,6 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from vptsearch import _hashing as hashing
 from vptsearch._errors import ConfigError, DataError, VptsearchError
 from vptsearch.models import backbones as bb
 from vptsearch.models import list_backbones, load_backbone
@@ -24,7 +25,7 @@ SHIPPED = ("vptsearch-tiny-sup", "vptsearch-tiny-mae")
 def _isolated_cache(tmp_path, monkeypatch):
     """Keep the sha256 cache and imported backbones of the tests out of the user's home."""
     monkeypatch.setenv("VPTSEARCH_BACKBONES", str(tmp_path / "cache"))
-    bb._sha_memo.clear()
+    hashing._sha_memo.clear()
 
 
 def _sha(path: Path) -> str:
@@ -92,9 +93,9 @@ def test_sha256_is_cached_per_path_mtime_size(tmp_path, monkeypatch):
     cache = json.loads((tmp_path / "cache" / "sha256-cache.json").read_text())
     assert first in cache.values()
     calls = []
-    real = bb.sha256_file
-    monkeypatch.setattr(bb, "sha256_file", lambda path: calls.append(1) or real(path))
-    bb._sha_memo.clear()  # as in a new process: the digest comes from the on-disk cache
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda path: calls.append(1) or real(path))
+    hashing._sha_memo.clear()  # as in a new process: the digest comes from the on-disk cache
     assert bb.file_sha256(f) == first and not calls
     f.write_bytes(b"abcd")  # size (and mtime) change -> rehash
     assert bb.file_sha256(f) == hashlib.sha256(b"abcd").hexdigest() and calls

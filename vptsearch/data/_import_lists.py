@@ -21,7 +21,6 @@ replaced only with ``overwrite=True``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vptsearch._errors import ConfigError, DataError
+from vptsearch._hashing import sha256_file
 from vptsearch.data._manifest import MANIFEST
 from vptsearch.data._tasks import (
     CUSTOM_SUITE,
@@ -302,7 +302,7 @@ def _plan(
             sizes={s: len(e) for s, e in lists.items()},
             description=f"imported from {folder}",
         )
-    shas = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.txt"))}
+    shas = {p.name: sha256_file(p) for p in sorted(folder.glob("*.txt"))}
     return _Plan(folder, info, lists, names or [str(i) for i in range(k)], how, shas)
 
 

@@ -12,7 +12,6 @@ raises one DataError and leaves nothing half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vptsearch._errors import ConfigError, DataError, unknown
+from vptsearch._hashing import sha256_file
 from vptsearch.data._codec import resized_jpeg, safe_key
 from vptsearch.data._import_lists import MINI_SUITE, target_name
 from vptsearch.data._manifest import MANIFEST
@@ -29,10 +29,6 @@ from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo, data_root, get_
 from vptsearch.data._writer import Sample, already_built, write_task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _sample(path: Path, key: str, label: int, resize: int | None) -> Sample:
@@ -145,7 +141,7 @@ def import_fgvc(
         "images": str(base.resolve()),
         "val": how,
         "resize": resize,
-        "json_sha256": {p.name: _sha256(p) for p in sorted(src.glob("*.json"))},
+        "json_sha256": {p.name: sha256_file(p) for p in sorted(src.glob("*.json"))},
     }
     write_task(
         info,

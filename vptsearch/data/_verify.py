@@ -17,7 +17,6 @@ shard on every launch); their reader still checks sample counts while streaming.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vptsearch._errors import DataError
+from vptsearch._hashing import sha256_bytes
 from vptsearch.data._codec import decode_image
 from vptsearch.data._manifest import MANIFEST, Manifest, ShardInfo, file_signature, read_manifest
 from vptsearch.data._reader import iter_shard, rebuild_hint
@@ -91,7 +91,7 @@ def verify_shard(manifest: Manifest, shard: ShardInfo, *, decode: bool = True) -
             f"shard {path} is {len(data)} bytes but its manifest says {shard.size_bytes} "
             f"(truncated or modified); accepted: the shard as built; rebuild the task with {hint}"
         )
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
+    if sha256_bytes(data) != shard.sha256:
         raise DataError(
             f"shard {path} does not match its manifest sha256 (truncated or modified); "
             f"accepted: the shard as built; rebuild the task with {hint}"

@@ -9,7 +9,6 @@ training-only and are not part of the returned backbone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from vptsearch._hashing import sha256_file
 from vptsearch.models import _procedural
 
 TINY_ARCH = "vit_tiny_patch16_224"
@@ -255,7 +255,7 @@ def save_backbone(model: nn.Module, out_dir: Path, name: str, card: dict[str, An
     card = {
         **card,
         "name": name,
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "sha256": sha256_file(weights),
         "num_params": sum(v.numel() for v in state.values()),
     }
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vptsearch._errors import ConfigError, DataError, VptsearchError, suggest, unknown
-from vptsearch._hashing import sha256_file
+from vptsearch._hashing import sha256_file_cached
 from vptsearch._net import unreachable
 from vptsearch._registry import Registry
 
@@ -140,41 +140,11 @@ def list_backbones() -> list[str]:
 
 # --------------------------------------------------------------------------------------- hashing
 _SHA_CACHE_FILE = "sha256-cache.json"
-_sha_memo: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime, ctime, inode) in memory and on disk.
-
-    Ray workers load the backbone once per trial; re-hashing a ViT-B (350 MB) each time would cost
-    about a second, so the digest is remembered until the file changes. ctime is part of the key
-    because no user tool can set it back: a write that restores mtime (``touch -r``) still rehashes.
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    if key in _sha_memo:
-        return _sha_memo[key]
-    disk_key = "|".join(str(k) for k in key)
-    cache_file = cache_dir() / _SHA_CACHE_FILE
-    disk: dict[str, str] = {}
-    try:
-        disk = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        disk = {}
-    digest = disk.get(disk_key)
-    if digest is None:
-        digest = sha256_file(p)
-        disk[disk_key] = digest
-        try:  # best effort: a read-only home must not break loading
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(disk))
-            tmp.replace(cache_file)
-        except OSError:
-            pass
-    _sha_memo[key] = digest
-    return digest
+    """sha256 of a weights file, remembered in the backbone cache folder until the file changes."""
+    return sha256_file_cached(path, cache_dir() / _SHA_CACHE_FILE)
 
 
 # --------------------------------------------------------------------------------- checkpoints

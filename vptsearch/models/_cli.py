@@ -91,7 +91,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _summary(b: Any) -> dict[str, Any]:
-    card = dict(b.card)
+    card = dict(b.card or {})  # hub and random-weight backbones have no card
     probe = card.get("linear_probe", {})
     return {
         "name": b.name,

@@ -13,15 +13,17 @@
 Every model is built with ``num_classes=0`` (head weights in checkpoints are dropped), must be a
 timm ``VisionTransformer``, and comes back in eval mode with its preprocessing and the sha256 of its
 weights file.
+
+This module holds the :class:`Backbone` record, the registered entries and the dispatch; the parts
+live beside it: model cards and the registry type in ``_card``, building the ViT in ``_vit``,
+weights files in ``_checkpoint``, the hub in ``_hub``, and the sha256 in ``vptsearch._hashing``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +31,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from vptsearch._errors import ConfigError, DataError, VptsearchError, suggest, unknown
+from vptsearch._errors import ConfigError, DataError, suggest, unknown
 from vptsearch._hashing import sha256_file_cached
-from vptsearch._net import unreachable
-from vptsearch._registry import Registry
+from vptsearch.models import _hub
+from vptsearch.models._card import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CardBackbone,
+    ModelCard,
+    list_backbones,
+    register_backbone,
+)
+from vptsearch.models._checkpoint import WEIGHT_SUFFIXES, load_state_into, read_checkpoint
+from vptsearch.models._vit import check_timm_name, create_vit, timm_preprocessing
+
+# where they were defined before the split; vptsearch.search._bundle imports _hub_cached_file
+_hub_cached_file = _hub.cached_file
+__all__ = [
+    "BACKBONES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "WEIGHT_SUFFIXES",
+    "Backbone",
+    "CardBackbone",
+    "ModelCard",
+    "cache_dir",
+    "file_sha256",
+    "list_backbones",
+    "load_backbone",
+    "load_state_into",
+    "read_checkpoint",
+    "register_backbone",
+]
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# prefixes of classifier weights that checkpoints may carry; the backbone is always headless
-_HEAD_PREFIXES = ("head.", "head_dist.", "fc.", "classifier.")
 
 
 @dataclass(frozen=True)
@@ -55,46 +81,47 @@ class Backbone:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     source: str = "random"
-    card: dict[str, Any] = field(default_factory=dict)
+    card: ModelCard | None = None  # the model card it was built from; None for hub and random weights
 
-
-@dataclass(frozen=True)
-class CardBackbone:
-    """A registered backbone: ``<directory>/<name>.safetensors`` described by ``<name>.json``."""
-
-    name: str
-    directory: Callable[[], Path]
-    source: str  # "shipped" (in the package) or "local" (made in the user's cache by a pipeline)
-    description: str
-    missing_hint: str  # the command that produces the files when they are absent
-    # used for weights="none" when the card is absent (so every entry builds offline)
-    architecture: str = ""
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory() / f"{self.name}.safetensors"
-
-    @property
-    def card_path(self) -> Path:
-        return self.directory() / f"{self.name}.json"
-
-    def available(self) -> bool:
-        return self.weights_path.is_file() and self.card_path.is_file()
-
-
-BACKBONES: Registry[CardBackbone] = Registry("backbone")
+    @classmethod
+    def from_card(
+        cls,
+        card: ModelCard,
+        *,
+        name: str,
+        source: str,
+        state: Mapping[str, torch.Tensor] | None = None,
+        origin: str = "",
+        sha256: str | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+    ) -> Backbone:
+        """Build the card's architecture (``model_kwargs`` over the card's), load ``state`` (weights
+        read from ``origin``) into it when given; size and normalisation come from the card, timm's
+        values filling in what it leaves out. ``state=None``: random weights."""
+        architecture = card.require_architecture(origin or name)
+        kwargs = {**card.model_kwargs, **(model_kwargs or {})}
+        model = create_vit(architecture, kwargs)
+        if state is not None:
+            load_state_into(model, state, origin=origin, architecture=architecture)
+        image_size, mean, std = timm_preprocessing(model)
+        return cls(
+            name=name,
+            architecture=architecture,
+            model=model.eval(),
+            model_kwargs=kwargs,
+            sha256=sha256,
+            image_size=card.image_size if card.image_size is not None else image_size,
+            mean=card.mean or mean,
+            std=card.std or std,
+            source=source,
+            card=card,
+        )
 
 
 def cache_dir() -> Path:
     """Where imported backbones live: ``$VPTSEARCH_BACKBONES``, else ``~/.cache/vptsearch/backbones``."""
     env = os.environ.get("VPTSEARCH_BACKBONES")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vptsearch" / "backbones"
-
-
-def register_backbone(entry: CardBackbone) -> CardBackbone:
-    BACKBONES.add(entry.name, entry)
-    return entry
 
 
 _TINY = dict(img_size=32, patch_size=4, embed_dim=96, depth=6, num_heads=3)
@@ -133,140 +160,12 @@ register_backbone(
 )
 
 
-def list_backbones() -> list[str]:
-    """Names of the registered backbones (any timm ViT name or local file is accepted as well)."""
-    return BACKBONES.names()
-
-
-# --------------------------------------------------------------------------------------- hashing
 _SHA_CACHE_FILE = "sha256-cache.json"
 
 
 def file_sha256(path: str | Path) -> str:
     """sha256 of a weights file, remembered in the backbone cache folder until the file changes."""
     return sha256_file_cached(path, cache_dir() / _SHA_CACHE_FILE)
-
-
-# --------------------------------------------------------------------------------- checkpoints
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or torch checkpoint, without running pickled code."""
-    if not path.is_file():
-        raise ConfigError(f"backbone weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise DataError(f"cannot read safetensors file {path}: {exc}") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"checkpoint {path} is a pickle that needs arbitrary code to load ({first[:160]}); "
-            "accepted: .safetensors or a plain tensor state dict saved with torch.save"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read checkpoint {path}: {exc}") from None
-    # common wrappers: {"state_dict": ...}, {"model": ...}, {"module": ...}
-    while isinstance(obj, Mapping) and len(obj) >= 1 and not any(torch.is_tensor(v) for v in obj.values()):
-        inner = next((obj[k] for k in ("state_dict", "model", "module", "model_state") if k in obj), None)
-        if not isinstance(inner, Mapping):
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ConfigError(f"checkpoint {path} holds no tensor state dict; accepted: a mapping name -> tensor")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_state_into(
-    model: nn.Module, state: Mapping[str, torch.Tensor], *, origin: str, architecture: str
-) -> None:
-    """Strictly load ``state`` (minus head weights); errors name the first tensor that does not fit."""
-    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
-    expected = model.state_dict()
-    for key, ref in expected.items():  # the model's order: "first" means first in the network
-        if key in state and tuple(ref.shape) != tuple(state[key].shape):
-            raise ConfigError(
-                f"checkpoint {origin} does not fit architecture {architecture!r}: tensor {key!r} has shape "
-                f"{list(state[key].shape)} in the file but {list(ref.shape)} in the model "
-                "(check architecture and model_kwargs such as img_size, patch_size, embed_dim, depth)"
-            )
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(
-                f"missing {missing[:3]}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            )
-        if unexpected:
-            parts.append(
-                f"unexpected {unexpected[:3]}"
-                + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
-            )
-        raise ConfigError(
-            f"checkpoint {origin} does not fit architecture {architecture!r}: {'; '.join(parts)}"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-# ------------------------------------------------------------------------------------ building
-def _check_timm_name(architecture: str) -> None:
-    import timm
-
-    if timm.is_model(architecture):
-        return
-    vit_names = [n for n in timm.list_models() if "vit" in n or "deit" in n]
-    hint = suggest(architecture, vit_names + timm.list_pretrained("*vit*"))
-    raise ConfigError(
-        f"unknown timm model {architecture!r}{hint}; accepted: a timm ViT name (e.g. vit_base_patch16_224,"
-        f" see timm.list_models('vit*')), a registered backbone ({', '.join(list_backbones())}),"
-        " or a local .safetensors/.pth file"
-    )
-
-
-def _create(architecture: str, model_kwargs: Mapping[str, Any], *, pretrained: bool = False) -> Any:
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
-    _check_timm_name(architecture)
-    kwargs = {k: v for k, v in model_kwargs.items() if k != "num_classes"}
-    # check the class before any download: a non-ViT must not cost a 100 MB fetch
-    with torch.device("meta"):
-        try:
-            probe = timm.create_model(architecture, pretrained=False, num_classes=0, **kwargs)
-        except TypeError as exc:
-            raise ConfigError(
-                f"model_kwargs {dict(kwargs)} are not accepted by {architecture!r}: {exc}"
-            ) from None
-    if not isinstance(probe, VisionTransformer):
-        raise ConfigError(
-            f"backbone {architecture!r} is a {type(probe).__name__}, not a timm VisionTransformer; "
-            "accepted: ViT architectures (vit_*, deit_*, ...), whose token sequence prompts can extend"
-        )
-    del probe
-    model = timm.create_model(architecture, pretrained=pretrained, num_classes=0, **kwargs)
-    return model.eval()
-
-
-RGB = tuple[float, float, float]
-
-
-def _rgb(values: Any) -> RGB:
-    r, g, b = (float(v) for v in values)
-    return (r, g, b)
-
-
-def _timm_preprocessing(model: Any) -> tuple[int, RGB, RGB]:
-    import timm
-
-    cfg = timm.data.resolve_model_data_config(model)
-    # the model's own patch-embed size is authoritative: img_size in model_kwargs overrides the cfg
-    image_size = int(model.patch_embed.img_size[0])
-    return image_size, _rgb(cfg["mean"]), _rgb(cfg["std"])
 
 
 def _looks_like_path(name: str) -> bool:
@@ -281,44 +180,36 @@ def _load_registered(
         raise ConfigError(
             f"weights {weights!r} for backbone {entry.name!r}; accepted: none (random init) or omitted"
         )
-    if entry.available():
-        card = json.loads(entry.card_path.read_text())
-    elif random and entry.architecture:
-        card = {"architecture": entry.architecture, "model_kwargs": dict(entry.model_kwargs)}
-    else:
+    card = entry.card(random)
+    if random:
+        return Backbone.from_card(card, name=entry.name, source="random", model_kwargs=model_kwargs)
+    sha = file_sha256(entry.weights_path)
+    if sha != card.sha256:
         raise DataError(
-            f"backbone {entry.name!r} has no weights at {entry.weights_path}; run: {entry.missing_hint}"
+            f"weights file {entry.weights_path} fails its sha256 check "
+            f"(card {card.sha256}, file {sha}); "
+            f"refusing a modified file; {entry.missing_hint}"
         )
-    kwargs = {**card.get("model_kwargs", {}), **(model_kwargs or {})}
-    model = _create(card["architecture"], kwargs)
-    sha = None
-    if not random:
-        sha = file_sha256(entry.weights_path)
-        if sha != card.get("sha256"):
-            raise DataError(
-                f"weights file {entry.weights_path} fails its sha256 check "
-                f"(card {card.get('sha256')}, file {sha}); "
-                f"refusing a modified file; {entry.missing_hint}"
-            )
-        load_state_into(
-            model,
-            read_checkpoint(entry.weights_path),
-            origin=str(entry.weights_path),
-            architecture=card["architecture"],
-        )
-    _, timm_mean, timm_std = _timm_preprocessing(model)  # once: the card usually overrides both
-    return Backbone(
+    return Backbone.from_card(
+        card,
         name=entry.name,
-        architecture=card["architecture"],
-        model=model.eval(),
-        model_kwargs=kwargs,
+        source=entry.source,
+        state=read_checkpoint(entry.weights_path),
+        origin=str(entry.weights_path),
         sha256=sha,
-        image_size=int(card.get("image_size", model.patch_embed.img_size[0])),
-        mean=_rgb(card.get("mean", timm_mean)),
-        std=_rgb(card.get("std", timm_std)),
-        source="random" if random else entry.source,
-        card=card,
+        model_kwargs=model_kwargs,
     )
+
+
+def _card_next_to(path: Path) -> ModelCard | None:
+    """``<stem>.json`` beside a weights file (e.g. a copy of a shipped backbone); unreadable: none."""
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        return None
+    try:
+        return ModelCard.read(card_path)
+    except ValueError:
+        return None
 
 
 def _load_local(path: Path, architecture: str | None, model_kwargs: Mapping[str, Any] | None) -> Backbone:
@@ -329,104 +220,27 @@ def _load_local(path: Path, architecture: str | None, model_kwargs: Mapping[str,
         raise ConfigError(
             f"backbone weights file {path} has an unknown type; accepted: {', '.join(WEIGHT_SUFFIXES)}"
         )
-    card: dict[str, Any] = {}
-    card_path = path.with_suffix(".json")
-    if card_path.is_file():  # a card next to the file (e.g. a copy of a shipped backbone) fills the gaps
-        try:
-            card = json.loads(card_path.read_text())
-        except ValueError:
-            card = {}
-    architecture = architecture or card.get("architecture")
+    card = _card_next_to(path)
+    architecture = architecture or (card.architecture if card else None)
     if not architecture:
         raise ConfigError(
             f"local checkpoint {path} needs architecture=<timm model name> (e.g. vit_base_patch16_224) "
             "and, if it differs from the default, model_kwargs"
         )
-    kwargs = {
-        **(card.get("model_kwargs", {}) if card.get("architecture") == architecture else {}),
-        **(model_kwargs or {}),
-    }
-    _check_timm_name(architecture)
+    # the card fills the gaps (kwargs, preprocessing) only when it describes this architecture
+    fills = card if card is not None and card.architecture == architecture else ModelCard(architecture)
+    check_timm_name(architecture)
     state = read_checkpoint(path)  # before building: a bad file fails fast and cheaply
-    model = _create(architecture, kwargs)
-    load_state_into(model, state, origin=str(path), architecture=architecture)
-    image_size, mean, std = _timm_preprocessing(model)
-    if card.get("architecture") == architecture:
-        image_size = int(card.get("image_size", image_size))
-        mean, std = _rgb(card.get("mean", mean)), _rgb(card.get("std", std))
-    return Backbone(
-        name=str(path),
-        architecture=architecture,
-        model=model.eval(),
-        model_kwargs=dict(kwargs),
-        sha256=file_sha256(path),
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        source="local",
-        card=card,
+    backbone = Backbone.from_card(
+        fills, name=str(path), source="local", state=state, origin=str(path), model_kwargs=model_kwargs
     )
-
-
-def _hub_cached_file(architecture: str) -> str | None:
-    """Path of the pretrained weights in the Hugging Face cache, if timm fetched them before."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(architecture)
-    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub ships with timm
-        return None
-    repo = repo.split("@")[0]
-    for filename in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"):
-        if filename:
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str) and Path(found).is_file():
-                return found
-    return None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the hub, so an offline machine fails in seconds, not after retries."""
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    return unreachable(host, 443, timeout) is None
+    return dataclasses.replace(backbone, sha256=file_sha256(path), card=card)
 
 
 def _load_hub(architecture: str, model_kwargs: Mapping[str, Any] | None) -> Backbone:
     kwargs = dict(model_kwargs or {})
-    offline_hint = (
-        "offline, use a local file instead: weights: /path/to/file.safetensors with "
-        f"architecture: {architecture}"
-    )
-    cached = _hub_cached_file(architecture)
-    if cached is None and not _hub_reachable():
-        raise DataError(
-            f"cannot download pretrained weights for {architecture!r}: the Hugging Face hub is "
-            "unreachable and "
-            f"they are not in the local cache; {offline_hint}"
-        )
-    # a cached file is loaded directly: works offline and gives its sha256
-    kwargs_load = {**kwargs, "pretrained_cfg_overlay": {"file": cached}} if cached is not None else kwargs
-    try:
-        model = _create(architecture, kwargs_load, pretrained=True)
-    except VptsearchError:
-        raise
-    except Exception as exc:  # huggingface_hub / urllib / timm raise many types when a download fails
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DataError(
-            f"cannot download pretrained weights for {architecture!r} through timm ({type(exc).__name__}: "
-            f"{first}); {offline_hint}"
-        ) from None
-    if cached is None:
-        cached = _hub_cached_file(architecture)
-    image_size, mean, std = _timm_preprocessing(model)
+    model, cached = _hub.load_pretrained(architecture, kwargs)
+    image_size, mean, std = timm_preprocessing(model)
     return Backbone(
         name=architecture,
         architecture=architecture,
@@ -473,22 +287,11 @@ def load_backbone(
             f"architecture {architecture!r} conflicts with backbone name {name!r}; give only one"
         )
     if weights is None or weights == "hub":
-        _check_timm_name(name)
+        check_timm_name(name)
         return _load_hub(name, model_kwargs)
     if weights in ("none", "random"):
-        model = _create(name, model_kwargs or {})
-        image_size, mean, std = _timm_preprocessing(model)
-        return Backbone(
-            name=name,
-            architecture=name,
-            model=model,
-            model_kwargs=dict(model_kwargs or {}),
-            sha256=None,
-            image_size=image_size,
-            mean=mean,
-            std=std,
-            source="random",
-        )
+        random = Backbone.from_card(ModelCard(name), name=name, source="random", model_kwargs=model_kwargs)
+        return dataclasses.replace(random, card=None)
     if _looks_like_path(weights):
         backbone = _load_local(Path(weights), name, model_kwargs)
         return dataclasses.replace(backbone, name=name)

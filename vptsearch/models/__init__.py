@@ -8,20 +8,13 @@ Public API (see docs/models.md): ``build_model``, ``TunedModel``, ``initialize_p
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from vptsearch.models.accounting import parameter_accounting
-from vptsearch.models.backbones import Backbone
+from vptsearch.models.backbones import Backbone, list_backbones, load_backbone
 from vptsearch.models.initializers import INITIALIZERS, initialize_prompts, list_initializers
 from vptsearch.models.kmeans import kmeans
 from vptsearch.models.methods import METHODS, Method, build_model, list_methods
 from vptsearch.models.nmi import nmi, prompt_nmi
 from vptsearch.models.tuned import TunedModel
-
-# Filled by the backbone registry (vptsearch/models/backbones.py); resolved lazily so this package
-# imports even while that module only holds the ``Backbone`` record.
-_BACKBONE_NAMES = ("load_backbone", "list_backbones")
 
 __all__ = [
     "INITIALIZERS",
@@ -41,10 +34,3 @@ __all__ = [
     "prompt_nmi",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _BACKBONE_NAMES:
-        value = getattr(importlib.import_module("vptsearch.models.backbones"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vptsearch.models' has no attribute {name!r}")

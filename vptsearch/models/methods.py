@@ -19,6 +19,7 @@ from torch import nn
 
 from vptsearch._errors import ConfigError
 from vptsearch._registry import Registry
+from vptsearch.models.backbones import Backbone, load_backbone
 from vptsearch.models.tuned import TunedModel, check_vit
 
 
@@ -149,11 +150,7 @@ def _adapter(model: TunedModel, reduction: int = 8) -> None:
 
 
 def _resolve_backbone(backbone: object, options: dict[str, Any]) -> nn.Module:
-    from vptsearch.models.backbones import Backbone
-
     if isinstance(backbone, str):
-        from vptsearch.models.backbones import load_backbone  # lazy: lands with the backbone registry
-
         backbone = load_backbone(backbone, weights=options.pop("weights", None))
     if isinstance(backbone, Backbone):
         backbone = backbone.model

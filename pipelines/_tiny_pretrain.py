@@ -2,9 +2,12 @@
 
 Both recipes build the same timm architecture the loader builds (``timm.create_model(TINY_ARCH,
 num_classes=0, **kwargs)``), train it with AdamW and a warm-up + cosine schedule on batches from
-``_procedural.generate_batch`` and return it with a record of what was done, so the card written
-next to the weights says exactly how they were made. Heads (factor classifiers, MAE decoder) are
-training-only and are not part of the returned backbone.
+``vptsearch.models._shape_stream.generate_batch`` and return it with a record of what was done, so
+the card written next to the weights says exactly how they were made. Heads (factor classifiers,
+MAE decoder) are training-only and are not part of the returned backbone.
+
+Pipeline code, not library: only pipelines/pretrain_tiny_backbones.py runs it, once, to make the
+weights shipped in vptsearch/assets; the library only loads them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from vptsearch._hashing import sha256_file
-from vptsearch.models import _procedural
+from vptsearch.models import _shape_stream as shapes
 
 TINY_ARCH = "vit_tiny_patch16_224"
 TINY_KWARGS: dict[str, Any] = dict(img_size=32, patch_size=4, embed_dim=96, depth=6, num_heads=3)
@@ -62,7 +65,7 @@ def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 def _train_loop(
     params: list[nn.Parameter],
-    loss_fn: Callable[[_procedural.ProceduralBatch], torch.Tensor],
+    loss_fn: Callable[[shapes.ProceduralBatch], torch.Tensor],
     *,
     steps: int,
     batch_size: int,
@@ -84,7 +87,7 @@ def _train_loop(
     t0 = time.perf_counter()
     losses: list[float] = []
     for step in range(steps):
-        batch = _procedural.generate_batch(batch_size, seed, step)
+        batch = shapes.generate_batch(batch_size, seed, step)
         loss = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,10 +127,10 @@ def pretrain_supervised(
     """CLS-token ViT trained to classify the procedural classes (one softmax per factor)."""
     torch.manual_seed(seed)
     model = build_tiny(TINY_KWARGS)
-    heads = nn.ModuleDict({name: nn.Linear(model.num_features, n) for name, n in _procedural.FACTORS.items()})
+    heads = nn.ModuleDict({name: nn.Linear(model.num_features, n) for name, n in shapes.FACTORS.items()})
     model.train()
 
-    def loss_fn(batch: _procedural.ProceduralBatch) -> torch.Tensor:
+    def loss_fn(batch: shapes.ProceduralBatch) -> torch.Tensor:
         feats = model(_normalise(batch.images))
         return sum(F.cross_entropy(h(feats), batch.factors[k]) for k, h in heads.items())  # type: ignore[return-value]
 
@@ -145,8 +148,8 @@ def pretrain_supervised(
     )
     recipe["objective"] = (
         "supervised: sum of cross-entropies of linear heads on the CLS feature, one per factor "
-        f"({', '.join(_procedural.FACTORS)}), i.e. a factorised classifier of the "
-        f"{_procedural.num_classes()} combined classes; heads not shipped"
+        f"({', '.join(shapes.FACTORS)}), i.e. a factorised classifier of the "
+        f"{shapes.num_classes()} combined classes; heads not shipped"
     )
     model.eval()
     return model, recipe
@@ -202,7 +205,7 @@ def pretrain_mae(
     n_keep = round(n * (1 - mask_ratio))
     mask_gen = torch.Generator().manual_seed(seed + 12345)
 
-    def loss_fn(batch: _procedural.ProceduralBatch) -> torch.Tensor:
+    def loss_fn(batch: shapes.ProceduralBatch) -> torch.Tensor:
         imgs = _normalise(batch.images)
         b = imgs.shape[0]
         x = model._pos_embed(model.patch_embed(imgs))  # no prefix tokens: [B, N, D]
@@ -276,11 +279,32 @@ def make_card(
         "pooling": "cls" if kwargs.get("class_token", True) else "avg (mean of image tokens)",
         "license": "Apache-2.0 (trained by this project on procedural data)",
         "pretraining": {
-            "data": _procedural.dataset_description(),
+            "data": dataset_description(),
             "recipe": recipe,
             "command": command,
             "torch": torch.__version__,
             "timm": timm.__version__,
             "torch_threads": threads,
         },
+    }
+
+
+def dataset_description() -> dict[str, Any]:
+    """What the model card records about the pretraining data."""
+    return {
+        "name": "vptsearch-procedural-32",
+        "generator": "vptsearch.models._shape_stream.generate_batch(batch_size, seed, index)",
+        "image_size": shapes.IMAGE_SIZE,
+        "factors": {
+            "shape": list(shapes.SHAPES),
+            "count": list(range(1, shapes.MAX_COUNT + 1)),
+            "orientation_deg": list(shapes.ORIENTATIONS_DEG),
+            "frequency_cycles_per_px": list(shapes.FREQUENCIES),
+            "hue_bins": shapes.NUM_HUES,
+        },
+        "num_classes": shapes.num_classes(),
+        "nuisances": "placement in distinct 2x2 grid cells with jitter, scale 3.5-6.5 px, grating phase, "
+        "saturation/value, background colour, faint background grating, Gaussian noise",
+        "disjoint_from": "all mini-suite evaluation tasks (no digits, MNIST, Fashion-MNIST, textures, "
+        "dSprites-like or CLEVR-like images)",
     }

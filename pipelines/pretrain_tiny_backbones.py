@@ -11,7 +11,7 @@ were made). Expected runtime on the 2-core reference machine, measured while oth
 supervised 1 400 steps in 784 s, MAE 1 500 steps in 1 088 s, so ~20 min for both in parallel
 ("train_seconds" in each card). The probes take 0.5-5 min (load-dependent) once
 `vptsearch data build-mini` has built the mini suite (`--data-root` points at another build).
-Everything is seeded and the data is generated on the fly (vptsearch.models._procedural), so
+Everything is seeded and the data is generated on the fly (vptsearch.models._shape_stream), so
 nothing is downloaded. Bit-identical weights are expected only with the same torch build and
 thread count (CPU kernels may reduce in a different order).
 
@@ -27,7 +27,10 @@ from pathlib import Path
 
 import torch
 
-from vptsearch.models import _pretrain
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _tiny_pretrain, however run
+
+import _tiny_pretrain as _pretrain
+
 from vptsearch.probe import probe_card
 
 ASSETS = Path(__file__).resolve().parents[1] / "vptsearch" / "assets"

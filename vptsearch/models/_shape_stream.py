@@ -1,4 +1,9 @@
-"""Procedural, seeded RGB 32 px pretraining images for the shipped tiny backbones.
+"""A seeded stream of procedural RGB 32 px shape images (the tiny backbones' pretraining data).
+
+Used by pipelines/_tiny_pretrain.py, which pretrained the shipped tiny backbones on it, and by the
+DINOv2 import (``dinov2_onnx.make_check_images``), whose timm-vs-onnxruntime check feeds it scenes;
+that second use is why it is library code. Not to be confused with vptsearch/data/_procedural.py,
+the mini suite's dSprites- and CLEVR-like evaluation images.
 
 Why procedural: the shipped backbones must be pretrained offline on data that is *not* one of the
 mini suite's evaluation tasks (digits, MNIST, Fashion-MNIST, textures, dSprites-like, CLEVR-like).
@@ -133,23 +138,3 @@ def generate_batch(batch_size: int, seed: int, index: int) -> ProceduralBatch:
     img = mask[:, None] * obj + (1 - mask[:, None]) * bg + noise
     return ProceduralBatch(images=img.clamp(0, 1), factors=factors)
 
-
-def dataset_description() -> dict:
-    """What the model card records about the pretraining data."""
-    return {
-        "name": "vptsearch-procedural-32",
-        "generator": "vptsearch.models._procedural.generate_batch(batch_size, seed, index)",
-        "image_size": IMAGE_SIZE,
-        "factors": {
-            "shape": list(SHAPES),
-            "count": list(range(1, MAX_COUNT + 1)),
-            "orientation_deg": list(ORIENTATIONS_DEG),
-            "frequency_cycles_per_px": list(FREQUENCIES),
-            "hue_bins": NUM_HUES,
-        },
-        "num_classes": num_classes(),
-        "nuisances": "placement in distinct 2x2 grid cells with jitter, scale 3.5-6.5 px, grating phase, "
-        "saturation/value, background colour, faint background grating, Gaussian noise",
-        "disjoint_from": "all mini-suite evaluation tasks (no digits, MNIST, Fashion-MNIST, textures, "
-        "dSprites-like or CLEVR-like images)",
-    }

@@ -168,7 +168,7 @@ def run_onnx_backbone(model: Any, images: np.ndarray) -> np.ndarray:
 
 def make_check_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """Deterministic, ImageNet-normalised test inputs: procedural scenes and smooth noise."""
-    from vptsearch.models._procedural import generate_batch
+    from vptsearch.models._shape_stream import generate_batch
 
     half = (n + 1) // 2
     scenes = F.interpolate(

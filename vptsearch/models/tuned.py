@@ -1,9 +1,17 @@
 """``TunedModel``: a frozen timm ``VisionTransformer`` plus prompts / adapters and a linear head.
 
-The timm model is wrapped, not forked: the forward pass calls its own ``patch_embed``,
-``_pos_embed``, ``patch_drop``, ``norm_pre``, ``blocks``, ``norm``, ``pool`` and ``fc_norm`` and only
-splices prompt tokens in between blocks. Sequence order inside the blocks is
+The timm model is wrapped: the forward pass calls its own ``patch_embed``, ``_pos_embed``,
+``patch_drop``, ``norm_pre``, ``blocks``, ``norm``, ``pool`` and ``fc_norm`` and splices prompt
+tokens in between blocks. Sequence order inside the blocks is
 ``[prefix (CLS + register tokens), prompts, patches]``; prompts get no positional embedding.
+
+One part is forked: ``_prefix.run_block`` re-implements timm's ``Block.forward`` (and
+``Attention``) for two speed-ups a call to the block cannot express: VPT-deep with
+``deep_impl="prefix_kv"`` appends the prompts' keys/values without computing their queries and MLP,
+and the last block of a CLS-pooled model computes only the CLS token's output
+(``cls_only_last_block``). Both are exact; ``_prefix.check_block`` refuses (prefix_kv) or skips
+(CLS-only) any block that is not timm's standard pre-norm layout, and tests compare them with the
+plain block call, so a timm change to ``Block`` shows up as a failing test, not a silent drift.
 """
 
 from __future__ import annotations

@@ -320,6 +320,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    load_before = os.getloadavg()[0]  # other jobs on the machine inflate every figure
     run = platform_run(args.trials, args.epochs, args.tasks, args.checkpoint, args.cpus)
     n = run["trials"]
     bare = bare_calls(n, args.epochs, args.tasks)
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mlflow_unsynced": run["unsynced"],
         "ray_cpus": args.cpus,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "versions": {"ray": ray.__version__, "optuna": optuna.__version__, "mlflow": mlflow.__version__},
     }
     print(json.dumps(result, indent=2))

@@ -31,8 +31,9 @@ A tabular benchmark in the style of HPOBench / NAS-Bench:
    search = every configuration once) to "found", and the Spearman correlation of every epoch's
    accuracy with the final one (to choose the grace period from data).
 
-Targets: TPE+ASHA (the shipped default) median <= 10 % of the grid's trial-epochs to "found", and
-<= 0.5x random+ASHA's epochs. Prints one JSON object plus a table (stderr); writes
+Targets: the shipped space's own search (TPE+ASHA, with the warm start when the space sets
+``search.warm_start: launch``) median <= 10 % of the grid's trial-epochs to "found", and <= 0.5x
+random+ASHA's (ratio of the pooled medians). Prints one JSON object plus a table (stderr); writes
 ``search_efficiency.json`` and ``search_efficiency.png`` (regret vs compute) into the results folder.
 """
 
@@ -80,8 +81,9 @@ SMOKE_GRID: dict[str, list[Any]] = {  # 2 configurations x 2 seeds
 
 def shipped_space(
     path: Path = SPACE,
-) -> tuple[str, dict[str, list[Any]], dict[str, Any], dict[str, Any], tuple[int, int]]:
-    """(backbone, grid, fixed params, training recipe, ASHA (grace, reduction)) of the shipped space.
+) -> tuple[str, dict[str, list[Any]], dict[str, Any], dict[str, Any], tuple[int, int], str]:
+    """(backbone, grid, fixed params, training recipe, ASHA (grace, reduction), search.warm_start)
+    of the shipped space.
 
     The ground truth is the very space ``vptsearch launch`` searches by default, trained in full,
     so the benchmark judges the shipped search on the space users run. Every searched parameter
@@ -101,10 +103,13 @@ def shipped_space(
             fixed[name] = value
     asha = raw.get("scheduler", {})
     shipped = (int(asha.get("grace_period", 1)), int(asha.get("reduction_factor", 3)))
-    return raw["backbone"]["name"], grid, fixed, dict(raw["training"]), shipped
+    warm = str(raw.get("search", {}).get("warm_start", "none"))
+    return raw["backbone"]["name"], grid, fixed, dict(raw["training"]), shipped, warm
 
 
-BACKBONE, GRID, FIXED, RECIPE, SHIPPED_ASHA = shipped_space()
+BACKBONE, GRID, FIXED, RECIPE, SHIPPED_ASHA, SHIPPED_WARM_START = shipped_space()
+# the replayed method that is the shipped space's own search (the one the target is about)
+SHIPPED_METHOD = "tpe_asha_warm_launch" if SHIPPED_WARM_START == "launch" else "tpe_asha"
 PARAM_KEYS = tuple(GRID)
 TARGET_FRACTION = 0.10
 CHECKPOINTS = (0.05, 0.10, 0.20, 1 / 3)
@@ -421,14 +426,16 @@ def method_summary(runs: list[dict[str, Any]], truth: dict[str, Any]) -> dict[st
     }
 
 
-def _relative_cost(methods: dict[str, dict[str, Any]], task_truths: dict[str, Any], a: str, b: str) -> Any:
-    """Median over tasks x search seeds of epochs-to-found(a) / epochs-to-found(b); None if either never."""
-    ratios = []
-    for task in methods[a]:
-        pairs = zip(methods[a][task]["epochs_to_found"], methods[b][task]["epochs_to_found"], strict=False)
-        for ha, hb in pairs:
-            ratios.append(None if ha is None or hb is None else ha / hb)
-    return spread(ratios)["median"]
+def _relative_cost(overall: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
+    """Median fraction-to-found of ``a`` over that of ``b`` (tasks x search seeds pooled).
+
+    Medians, not per-seed ratios: search seed k of one method is not paired with seed k of another.
+    None when ``a`` never gets there in the median; 0.0 when only ``b`` never does.
+    """
+    ma, mb = overall[a]["median"], overall[b]["median"]
+    if ma is None:
+        return None
+    return 0.0 if mb is None else round(ma / mb, 3)
 
 
 def main(argv: list[str] | None = None, say: Any = None) -> dict[str, Any]:
@@ -515,9 +522,8 @@ def main(argv: list[str] | None = None, say: Any = None) -> dict[str, Any]:
                    for t, s in zip(complete, per.values(), strict=True) for h in s["epochs_to_found"]])
         for m, per in methods.items()
     }
-    median = overall.get("tpe_asha", {}).get("median")
-    vs_random = (_relative_cost(methods, truths, "tpe_asha", "random_asha")
-                 if {"tpe_asha", "random_asha"} <= set(methods) else None)
+    median = overall.get(SHIPPED_METHOD, {}).get("median")
+    vs_random = {m: _relative_cost(overall, m, "random_asha") for m in methods if "random_asha" in methods}
     n_cells = len(tasks) * len(configs) * len(seeds)
     result = {
         "benchmark": "search_efficiency",
@@ -546,11 +552,12 @@ def main(argv: list[str] | None = None, say: Any = None) -> dict[str, Any]:
                  "found = regret <= 1 SE",
         "methods": methods,
         "overall_fraction_to_found": overall,
-        "tpe_asha_vs_random_asha_epochs_to_found": vs_random,
-        "target": f"tpe_asha median fraction of the grid's trial-epochs to found <= {TARGET_FRACTION}, "
-                  "and <= 0.5x random_asha's epochs",
-        "meets_target": median is not None and median <= TARGET_FRACTION and vs_random is not None
-                        and vs_random <= 0.5,
+        "shipped_method": SHIPPED_METHOD,
+        "vs_random_asha_epochs_to_found": vs_random,
+        "target": f"{SHIPPED_METHOD} median fraction of the grid's trial-epochs to found <= "
+                  f"{TARGET_FRACTION}, and <= 0.5x random_asha's median",
+        "meets_target": median is not None and median <= TARGET_FRACTION
+                        and vs_random.get(SHIPPED_METHOD) is not None and vs_random[SHIPPED_METHOD] <= 0.5,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "wall_s": round(time.perf_counter() - t_start, 1),
     }

@@ -52,8 +52,10 @@ def test_a_study_seeded_from_an_earlier_launch_asks_its_best_configurations_firs
     run_dir, best, pruned = _earlier_launch(tmp_path)
     mts = build_searcher(_spec(warm_start=str(run_dir)), TASKS, journal=tmp_path / "new.journal")
     asked = {t: [] for t in TASKS}
+    configs = []
     for i in range(4):
         c = mts.suggest(f"n{i}")
+        configs.append(c)
         asked[c["task"]].append((c["prompt.length"], c["optim.base_lr"]))
         _finish(mts, f"n{i}", 0.5)
     # both tasks start with the digits study's two best completed configs, best first; not the pruned one
@@ -61,6 +63,8 @@ def test_a_study_seeded_from_an_earlier_launch_asks_its_best_configurations_firs
     assert pruned not in best
     study = load_studies(tmp_path / "new.journal")["mini/textures"]
     assert [t.user_attrs.get(ATTR) for t in study.trials] == ["mini/digits", "mini/digits"]
+    # the source reaches the trial config as a control key (the MLflow run's tag vptsearch.warm_start)
+    assert [c.get("warm_start") for c in configs] == ["mini/digits"] * 4
 
 
 def test_warm_start_within_a_launch_transfers_completed_trials_as_they_finish(tmp_path):
@@ -75,6 +79,7 @@ def test_warm_start_within_a_launch_transfers_completed_trials_as_they_finish(tm
     _finish(mts, tid_t, 0.4, epochs=2)  # textures' own first trial was pruned
     nxt = [mts.suggest(f"c{i}") for i in range(2)]
     textures_next = next(c for c in nxt if c["task"] == "mini/textures")
+    assert textures_next["warm_start"] == "mini/digits" and "warm_start" not in first
     assert (textures_next["prompt.length"], textures_next["optim.base_lr"]) == (
         digits["prompt.length"], digits["optim.base_lr"])
     study = mts.studies()["mini/textures"]
@@ -126,3 +131,26 @@ def test_bad_warm_start_is_one_line(search, match):
     with pytest.raises(ConfigError, match=match) as err:
         _spec(**search)
     assert "\n" not in str(err.value)
+
+
+def test_a_warm_started_trial_run_is_tagged_with_its_source_not_given_it_as_a_param(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from vptsearch.search._tracking import PREFIX, Tracker, TrackingCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = Tracker(uri, "ws", None, "ws/1").task_run("mini/textures", "natural")
+    cb = TrackingCallback(uri, "ws", None, "ws/1", {"mini/textures": parent}, 2, resume=False)
+    base = {"task": "mini/textures", "phase": "search", "seed": 0, "prompt.length": 5}
+    cb._run_id(SimpleNamespace(trial_id="w", config={**base, "warm_start": "mini/digits"}))
+    cb._run_id(SimpleNamespace(trial_id="p", config=base))
+    assert cb.tracker.close() == 0  # everything written
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ws").experiment_id
+    runs = {r.info.run_name.rsplit("-", 1)[-1]: r for r in
+            client.search_runs([exp], f"tags.`{PREFIX}kind` = 'trial'")}
+    assert runs["w"].data.tags[PREFIX + "warm_start"] == "mini/digits"
+    assert PREFIX + "warm_start" not in runs["p"].data.tags
+    assert "warm_start" not in runs["w"].data.params and runs["w"].data.params["prompt.length"] == "5"

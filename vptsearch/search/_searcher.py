@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from vptsearch.search._state import DriverStateMixin
+from vptsearch.search._warm_start import ATTR as WARM_START_ATTR
 from vptsearch.search._warm_start import WarmStart
 from vptsearch.spec import SearchSpec, define_by_run
 
@@ -83,6 +84,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None
         }
+
+    def user_attr(self, trial_id: str, name: str) -> Any:
+        """A user attribute of the Optuna trial behind ``trial_id`` (None when unset or unknown)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return None if ot_trial is None else ot_trial.user_attrs.get(name)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self._metric not in result:
@@ -488,6 +494,11 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
                 if config == Searcher.FINISHED:
                     self.budgets[task] = self.started[task]
                     continue
+                searcher = self.searchers[task]
+                source = searcher.user_attr(trial_id, WARM_START_ATTR) if isinstance(
+                    searcher, PruneAwareOptunaSearch) else None
+                if source is not None:  # a control key, like task/phase: the MLflow run's tag, never a param
+                    config = {**config, "warm_start": source}
             self.started[task] += 1
             self.live[task].add(trial_id)
             self.task_of[trial_id] = task

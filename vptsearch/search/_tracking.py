@@ -407,8 +407,11 @@ class TrackingCallback(tune.Callback):
                 "launch": self.tracker.launch_id,
                 "seed": cfg.get("seed", 0),
             }
+            if "warm_start" in cfg:  # enqueued from another task's (or an earlier launch's) best
+                tags["warm_start"] = cfg["warm_start"]
             ref = self.tracker.run(name, tags, key, parent=self.parents.get(task), new=not self.resume)
-            self.tracker.log(ref, params={k: v for k, v in cfg.items() if k not in ("task", "phase")})
+            control = ("task", "phase", "warm_start")
+            self.tracker.log(ref, params={k: v for k, v in cfg.items() if k not in control})
             self._runs[tid] = ref
         return self._runs[tid]
 

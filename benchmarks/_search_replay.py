@@ -150,8 +150,7 @@ class Replay:
         from vptsearch.search._searcher import build_searcher
 
         searcher = build_searcher(spec, tasks)
-        scheduler = build_scheduler(spec) if stop is None else None
-        config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+        config = tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
                                  num_samples=sum(searcher.budgets.values()), reuse_actors=True)
         return self._fit(name, spec.search.seed, config, stop)
 
@@ -207,13 +206,13 @@ class Replay:
         for task in sources:
             study = optuna.create_study(study_name=task, storage=storage, direction="maximize",
                                         load_if_exists=True)
-            keys = [k for k in self.curves if k.startswith(task + "#")]
-            values = {p: sorted({_parse(k)[p] for k in keys}, key=str) for p in self.param_keys}
+            params = {k: _parse(k) for k in self.curves if k.startswith(task + "#")}
+            values = {p: sorted({c[p] for c in params.values()}, key=str) for p in self.param_keys}
             dists: dict[str, optuna.distributions.BaseDistribution] = {
                 p: optuna.distributions.CategoricalDistribution(v) for p, v in values.items()
             }
-            for k in keys:
-                study.add_trial(optuna.trial.create_trial(params=_parse(k), distributions=dists,
+            for k, c in params.items():
+                study.add_trial(optuna.trial.create_trial(params=c, distributions=dists,
                                                           value=self.curves[k][0][-1]))
         return run_dir
 

@@ -1,0 +1,374 @@
+"""The spec's schema: every key once, as a dataclass field with its type, default, accepted values and help.
+
+A field's annotation is its type (``int``, ``float``, ``bool``, ``str``, ``X | None`` where null is
+accepted, ``tuple[int, ...]`` for a list, ``Mapping`` for a mapping, a section dataclass for a nested
+section); :func:`key` attaches a :class:`Key` with the rest. Parsing and checking a section
+(:func:`parse_fields`) and the docs table (``vptsearch.spec._docs``) both read ``fields()``, so a key
+added here is validated and documented without another list to keep in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vptsearch._catalogue import DROPOUT_MASKS
+from vptsearch._errors import ConfigError
+from vptsearch.spec._messages import TYPE_WORDS, err, expect, list_name, type_name, unknown_key
+from vptsearch.spec._spaces import PARAMS, Param, parse_method, parse_params
+
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on cuda, fp32 on cpu
+ALGORITHMS = ("tpe", "random", "grid")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a spec key accepts beyond its type, and what it means (the field's ``metadata["spec"]``)."""
+
+    help: str
+    choices: tuple[Any, ...] = ()  # the accepted values (None: null)
+    notes: Mapping[str, str] | None = None  # a few words per choice, in the error and the docs
+    ge: float | None = None  # lowest accepted value
+    gt: float | None = None  # accepted values are above this
+    lt: float | None = None  # with ge: accepted values are in [ge, lt)
+    note: str = ""  # said after the bound in the error, e.g. " (fractions allowed)"
+    rule: Callable[[Any], str | None] | None = None  # one more check: the problem, or None
+    what: str | None = None  # the expected value in words, for lists and mappings
+    shown_default: str | None = None  # the default as the docs show it, where another key sets it
+    parse: Callable[[Any, Mapping[str, Any]], Any] | None = None  # (raw, fields parsed so far) -> value
+
+    def accepted(self) -> str:
+        """The choices as the errors list them: ``sgd (the VPT paper recipe), adamw (...)``."""
+        notes = self.notes or {}
+        return ", ".join(
+            "null" if c is None else f"{c} ({notes[c]})" if c in notes else str(c) for c in self.choices
+        )
+
+
+def about(help: str, **accepts: Any) -> dict[str, Key]:
+    """A field's metadata: its ``help`` and :class:`Key` options."""
+    spec = Key(help, **accepts)
+    if spec.notes is not None and set(spec.notes) != set(spec.choices):
+        raise TypeError(f"notes {sorted(spec.notes)} do not match choices {list(spec.choices)}")
+    return {"spec": spec}
+
+
+def key(default: Any = dataclasses.MISSING, help: str = "", **accepts: Any) -> Any:
+    """A dataclass field for a scalar spec key: ``default`` (none: required), ``help``, :class:`Key` options.
+
+    (Sections and other dataclass defaults use ``field(default=..., metadata=about(...))``.)"""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=about(help, **accepts))
+    return field(default=default, metadata=about(help, **accepts))
+
+
+def key_of(f: dataclasses.Field[Any]) -> Key:
+    return f.metadata["spec"]
+
+
+# --- sections ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str = key(
+        "vptsearch-tiny-sup", "a shipped backbone, a timm model name, or a `.safetensors`/`.pth` path"
+    )
+    weights: str | None = key(
+        None, "`hub`: download through timm; `none`: random weights; null: the backbone's own",
+        choices=("hub", "none", None),
+    )
+    architecture: str | None = key(None, "the timm model name of a local checkpoint")
+    model_kwargs: Mapping[str, Any] = key(
+        {}, "timm keyword arguments of a local checkpoint", what="a mapping of timm keyword arguments"
+    )
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    algorithm: str = key("tpe", "the Optuna sampler, or every combination", choices=ALGORITHMS)
+    trials_per_task: int = key(20, "search trials per task", ge=1)
+    max_concurrent: int = key(2, "trials of a task running at once", ge=1)
+    seed: int = key(0, "the sampler's seed")
+    n_startup_trials: int = key(5, "TPE: random trials before the model kicks in", ge=0)
+    # Only full-budget val results move between tasks, never a test split (docs/search.md).
+    warm_start: str = key(
+        "none", "seed each task's study with configurations that did well elsewhere: `none`; `launch`: "
+        "the other tasks of this launch, as their trials complete; or an earlier launch's run dir "
+        "(its optuna.journal)",
+    )
+    warm_start_top_k: int = key(2, "warm-start trials per task, at most", ge=1)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    type: str = key(
+        "asha", "ASHA stops poor trials early; `none` runs every trial to the end", choices=SCHEDULERS
+    )
+    grace_period: int = key(10, "epochs before ASHA may stop a trial", ge=1, shown_default="epochs / 10")
+    reduction_factor: int = key(3, "ASHA keeps 1 in this many trials at each rung", ge=2)
+
+
+_DROPOUT_MASK_NOTES = {"sample": "per-sample masks, as in VPT", "batch": "one mask shared by the batch"}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = key(100, "training epochs of a trial", ge=1)
+    warmup_epochs: int = key(10, "linear warm-up epochs, then cosine decay", shown_default="epochs / 10")
+    batch_size: int = key(64, "training batch size", ge=1)
+    eval_batch_size: int = key(256, "evaluation batch size", ge=1)
+    # sgd: lr = base_lr * batch_size / 256 (VPT paper); adamw: lr = base_lr (PETL benchmarks quote it
+    # as is, at their batch size), decoupled weight decay, betas (0.9, 0.999); momentum is SGD's only
+    optimizer: str = key(
+        "sgd", "sgd: momentum SGD, peak lr `base_lr × batch_size / 256`; adamw: peak lr `base_lr`, "
+        "decoupled weight decay; both with linear warm-up then cosine decay",
+        choices=OPTIMIZERS, notes={"sgd": "the VPT paper recipe", "adamw": "PETL benchmarks"},
+    )
+    momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
+    image_size: int | None = key(None, "input size; null: the backbone's own", ge=8)
+    prompt_dropout: float = key(0.1, "dropout on the prompts during training", ge=0, lt=1)
+    prompt_dropout_mask: str = key(
+        "sample", "`batch` is cheaper on `prefix_kv` but measured to cripple VPT; kept only for comparison",
+        choices=DROPOUT_MASKS, notes=_DROPOUT_MASK_NOTES,
+    )
+    init_images: int = key(800, "training images fed to the SPT and cls-prototype initialisers", ge=1)
+    track_nmi: bool = key(
+        False, "vpt: log `nmi_mean` and `nmi_layer<i>`, NMI(prompts; patch tokens) per prompted layer "
+        "(SPT eqs. 7-8), every epoch on 128 fixed training images",
+    )
+    device: str = key("auto", "auto: cuda when the trial holds a GPU (`resources.gpu` > 0), else cpu",
+                      choices=DEVICES)
+    precision: str = key(
+        "auto", "auto: bf16 on cuda, fp32 on cpu; bf16: forward/backward under torch.autocast "
+        "(trained tensors and checkpoints stay fp32)", choices=PRECISIONS,
+    )
+    # At GPU speed per-epoch checkpoints cost more than the epoch.
+    checkpoint_every: int = key(
+        10, "Tune checkpoints every this many epochs, and always at ASHA's rungs and the last epoch",
+        ge=0, note=" (epochs; 0: only at rungs and the end)",
+    )
+
+
+def _unique_seeds(seeds: tuple[int, ...]) -> str | None:
+    return f"duplicate seeds in {list(seeds)}" if len(set(seeds)) != len(seeds) else None
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    final_seeds: tuple[int, ...] = key(
+        (0, 1, 2), "seeds the winner is retrained with on the final splits",
+        what="a non-empty list of integer seeds", rule=_unique_seeds,
+    )
+    probe: bool = key(True, "the frozen-feature probe reference per task after the final phase")
+
+
+def _whole_gpus_above_one(gpu: float) -> str | None:
+    return f"fractions are only allowed below 1, got {gpu}" if gpu > 1 and gpu != int(gpu) else None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = key(1.0, "CPUs per trial", gt=0, note=" (fractions allowed)")
+    gpu: float = key(0.0, "GPUs per trial", ge=0, note=" (fractions allowed)", rule=_whole_gpus_above_one)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = key("sqlite:///mlflow.db", "the MLflow tracking URI")
+    experiment: str | None = key(None, "the MLflow experiment; null: the space's name")
+    artifact_location: str | None = key("mlartifacts", "relative paths resolve against the working dir")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    dir: str | None = key(
+        None, "bundles go under `<dir>/<launch stamp>/`; a local path or `s3://BUCKET/PREFIX`",
+        shown_default="exports/<name>",
+    )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where Tune keeps experiment state and checkpoints (see vptsearch.search._storage)."""
+
+    path: str | None = key(None, "a local/NFS path or `s3://BUCKET/PREFIX`", shown_default="<run dir>/ray")
+    shared: bool = key(False, "a local path that every node sees (NFS); s3:// is always shared")
+
+
+# --- the spec ------------------------------------------------------------------------------------
+# the keys that need more than their type: (raw value, the fields parsed before it) -> value
+def _parse_suite(raw: Any, done: Mapping[str, Any]) -> str | tuple[str, ...]:
+    if not isinstance(raw, list):
+        return typing.cast(str, expect("suite", raw, "str"))
+    if not raw:
+        raise err("suite", "expected a suite name or a non-empty list of tasks")
+    return tuple(expect(f"suite[{i}]", t, "str") for i, t in enumerate(raw))
+
+
+def _parse_method(raw: Any, done: Mapping[str, Any]) -> Param:
+    return parse_method(raw)
+
+
+def _parse_params(raw: Any, done: Mapping[str, Any]) -> dict[str, Param]:
+    return parse_params(raw, done["method"])  # a parameter must apply to one of the methods
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated search space. Build it with :func:`load_spec` or :func:`spec_from_dict`."""
+
+    name: str = key(help="space name: experiment name, run folder `runs/<name>/<stamp>`")
+    suite: str | tuple[str, ...] = key(
+        help="`mini`, `vtab1k`, `fgvc`, or a list of tasks `[vtab1k/dtd, ...]`", parse=_parse_suite
+    )
+    data_root: str | None = key(
+        None, "where shards live", shown_default="$VPTSEARCH_DATA or ~/.cache/vptsearch/shards"
+    )
+    build_missing: bool = key(False, "build the offline mini suite when it is missing")
+    run_dir: str = key("runs", "root of the launch folders")
+    backbone: BackboneSpec = field(default=BackboneSpec(), metadata=about("the frozen backbone"))
+    method: Param = field(
+        default=Param("method", "fixed", ("vpt",)),
+        metadata=about("a method name or `{choice: [...]}`", parse=_parse_method),
+    )
+    params: Mapping[str, Param] = key({}, "hyper-parameters (below)", parse=_parse_params)
+    search: SearchConfig = field(default=SearchConfig(), metadata=about("the searcher"))
+    scheduler: SchedulerConfig = field(default=SchedulerConfig(), metadata=about("early stopping"))
+    training: TrainingConfig = field(default=TrainingConfig(), metadata=about("the trial recipe (VPT's)"))
+    protocol: ProtocolConfig = field(default=ProtocolConfig(), metadata=about("final retraining"))
+    resources: ResourcesConfig = field(default=ResourcesConfig(), metadata=about("what one trial reserves"))
+    tracking: TrackingConfig = field(default=TrackingConfig(), metadata=about("MLflow"))
+    export: ExportConfig = field(default=ExportConfig(), metadata=about("the exported bundles"))
+    storage: StorageConfig = field(default=StorageConfig(), metadata=about("Tune experiment storage"))
+    smoke: bool = key(False, "the same as `--smoke`")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.method.values)
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def export_dir(self) -> str:
+        return self.export.dir or f"exports/{self.name}"
+
+    def params_for(self, method: str) -> list[Param]:
+        return [p for p in self.params.values() if method in PARAMS[p.name].methods]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The merged spec as plain YAML-able data (what is saved with the run)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Param):
+                v = v.to_yaml()
+            elif isinstance(v, Mapping):  # params, the one mapping at the top
+                v = {k: p.to_yaml() for k, p in v.items()}
+            elif dataclasses.is_dataclass(v) and not isinstance(v, type):  # a section
+                v = {k: (list(x) if isinstance(x, tuple) else x) for k, x in asdict(v).items()}
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def dump(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+# --- parsing a section from its fields -------------------------------------------------------------
+@functools.cache
+def _types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_type(cls: type, f: dataclasses.Field[Any]) -> tuple[Any, bool]:
+    """A field's type without ``| None``, and whether null is accepted."""
+    tp = _types(cls)[f.name]
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def parse_fields(cls: type, raw: Any, path: str, *, source: str = "<spec>") -> Any:
+    """Check a mapping's keys and values against the fields of ``cls`` and build it (``path``: the
+    section's key, ``""`` for the top level, where a field without default is required)."""
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise err(path, f"expected a mapping, got {type_name(raw)}")
+    names = [f.name for f in fields(cls)]
+    for k in raw:
+        if k not in names:
+            raise unknown_key(path, str(k), names)
+    for f in fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in raw:
+            raise ConfigError(f"{f.name}: missing required key in {source}")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            if f.default_factory is not dataclasses.MISSING:
+                values[f.name] = f.default_factory()
+            else:
+                values[f.name] = f.default
+            continue
+        where = f"{path}.{f.name}" if path else f.name
+        spec = key_of(f)
+        if spec.parse is not None:
+            values[f.name] = spec.parse(raw[f.name], values)
+        else:
+            values[f.name] = _parse_value(cls, f, raw[f.name], where)
+    return cls(**values)
+
+
+def _parse_value(cls: type, f: dataclasses.Field[Any], v: Any, where: str) -> Any:
+    tp, nullable = field_type(cls, f)
+    spec = key_of(f)
+    if dataclasses.is_dataclass(tp):
+        return parse_fields(typing.cast(type, tp), v, where)
+    if v is None and nullable:
+        return None
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(v, list) or not v:
+            raise err(where, f"expected {spec.what}, got {list_name(v)}")
+        item = typing.get_args(tp)[0].__name__
+        value: Any = tuple(expect(f"{where}[{i}]", x, item) for i, x in enumerate(v))
+    elif origin is Mapping:
+        if not isinstance(v, Mapping):
+            raise err(where, f"expected {spec.what}, got {type_name(v)}")
+        value = dict(v)
+    else:
+        value = expect(where, v, tp.__name__)
+    problem = _problem(spec, value, f.name, TYPE_WORDS.get(getattr(tp, "__name__", "")), nullable)
+    if problem:
+        raise err(where, problem)
+    return value
+
+
+def _problem(spec: Key, v: Any, name: str, words: str | None, nullable: bool) -> str | None:
+    """What is wrong with a value of the right type: not a choice, out of range, or its rule."""
+    if spec.choices and v not in spec.choices:
+        return f"unknown {v!r}; accepted: {spec.accepted()}"
+    if spec.lt is not None and not typing.cast(float, spec.ge) <= v < spec.lt:
+        return f"expected {spec.ge} <= {name} < {spec.lt}, got {v}"
+    null = " or null" if nullable else ""
+    if spec.lt is None and spec.ge is not None and v < spec.ge:
+        return f"expected {words} >= {spec.ge}{null}{spec.note}, got {v}"
+    if spec.gt is not None and v <= spec.gt:
+        return f"expected {words} > {spec.gt}{null}{spec.note}, got {v}"
+    return spec.rule(v) if spec.rule is not None else None

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from vptsearch._catalogue import DROPOUT_MASKS
+from vptsearch._catalogue import DROPOUT_MASKS, METHODS
 from vptsearch._errors import ConfigError
 from vptsearch.spec._messages import TYPE_WORDS, err, expect, list_name, type_name, unknown_key
 from vptsearch.spec._spaces import PARAMS, Param, parse_method, parse_params
@@ -86,9 +86,9 @@ class BackboneSpec:
         None, "`hub`: download through timm; `none`: random weights; null: the backbone's own",
         choices=("hub", "none", None),
     )
-    architecture: str | None = key(None, "the timm model name of a local checkpoint")
+    architecture: str | None = key(None, "the timm model name, for a local checkpoint")
     model_kwargs: Mapping[str, Any] = key(
-        {}, "timm keyword arguments of a local checkpoint", what="a mapping of timm keyword arguments"
+        {}, "timm keyword arguments, for a local checkpoint", what="a mapping of timm keyword arguments"
     )
 
 
@@ -96,14 +96,14 @@ class BackboneSpec:
 class SearchConfig:
     algorithm: str = key("tpe", "the Optuna sampler, or every combination", choices=ALGORITHMS)
     trials_per_task: int = key(20, "search trials per task", ge=1)
-    max_concurrent: int = key(2, "trials of a task running at once", ge=1)
+    max_concurrent: int = key(2, "trials of one task running at once", ge=1)
     seed: int = key(0, "the sampler's seed")
     n_startup_trials: int = key(5, "TPE: random trials before the model kicks in", ge=0)
     # Only full-budget val results move between tasks, never a test split (docs/search.md).
     warm_start: str = key(
         "none", "seed each task's study with configurations that did well elsewhere: `none`; `launch`: "
         "the other tasks of this launch, as their trials complete; or an earlier launch's run dir "
-        "(its optuna.journal)",
+        "(its optuna.journal); see \"Cross-task warm start\"",
     )
     warm_start_top_k: int = key(2, "warm-start trials per task, at most", ge=1)
 
@@ -123,21 +123,26 @@ _DROPOUT_MASK_NOTES = {"sample": "per-sample masks, as in VPT", "batch": "one ma
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = key(100, "training epochs of a trial", ge=1)
-    warmup_epochs: int = key(10, "linear warm-up epochs, then cosine decay", shown_default="epochs / 10")
+    warmup_epochs: int = key(
+        10, "linear warm-up epochs (0 <= warmup_epochs < epochs), then cosine decay",
+        shown_default="epochs / 10",
+    )
     batch_size: int = key(64, "training batch size", ge=1)
     eval_batch_size: int = key(256, "evaluation batch size", ge=1)
     # sgd: lr = base_lr * batch_size / 256 (VPT paper); adamw: lr = base_lr (PETL benchmarks quote it
     # as is, at their batch size), decoupled weight decay, betas (0.9, 0.999); momentum is SGD's only
     optimizer: str = key(
-        "sgd", "sgd: momentum SGD, peak lr `base_lr × batch_size / 256`; adamw: peak lr `base_lr`, "
-        "decoupled weight decay; both with linear warm-up then cosine decay",
+        "sgd", "sgd: momentum SGD, peak lr `base_lr × batch_size / 256`; adamw: peak lr `base_lr` as "
+        "given, decoupled weight decay, with base_lr ~1e-3…1e-2 and wd ~1e-4…1e-3; both with linear "
+        "warm-up then cosine decay",
         choices=OPTIMIZERS, notes={"sgd": "the VPT paper recipe", "adamw": "PETL benchmarks"},
     )
-    momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
+    momentum: float = key(0.9, "momentum (sgd only)", ge=0, lt=1)
     image_size: int | None = key(None, "input size; null: the backbone's own", ge=8)
     prompt_dropout: float = key(0.1, "dropout on the prompts during training", ge=0, lt=1)
     prompt_dropout_mask: str = key(
-        "sample", "`batch` is cheaper on `prefix_kv` but measured to cripple VPT; kept only for comparison",
+        "sample", "prompt-dropout masks: `batch` is cheaper on `prefix_kv` but measured to cripple VPT, "
+        "kept only for comparison",
         choices=DROPOUT_MASKS, notes=_DROPOUT_MASK_NOTES,
     )
     init_images: int = key(800, "training images fed to the SPT and cls-prototype initialisers", ge=1)
@@ -145,7 +150,7 @@ class TrainingConfig:
         False, "vpt: log `nmi_mean` and `nmi_layer<i>`, NMI(prompts; patch tokens) per prompted layer "
         "(SPT eqs. 7-8), every epoch on 128 fixed training images",
     )
-    device: str = key("auto", "auto: cuda when the trial holds a GPU (`resources.gpu` > 0), else cpu",
+    device: str = key("auto", "auto: cuda when the trial reserves a GPU through `resources.gpu`, else cpu",
                       choices=DEVICES)
     precision: str = key(
         "auto", "auto: bf16 on cuda, fp32 on cpu; bf16: forward/backward under torch.autocast "
@@ -153,7 +158,8 @@ class TrainingConfig:
     )
     # At GPU speed per-epoch checkpoints cost more than the epoch.
     checkpoint_every: int = key(
-        10, "Tune checkpoints every this many epochs, and always at ASHA's rungs and the last epoch",
+        10, "Tune checkpoints every this many epochs (0: none in between), and always at ASHA's rungs and "
+        "the last epoch",
         ge=0, note=" (epochs; 0: only at rungs and the end)",
     )
 
@@ -165,10 +171,12 @@ def _unique_seeds(seeds: tuple[int, ...]) -> str | None:
 @dataclass(frozen=True)
 class ProtocolConfig:
     final_seeds: tuple[int, ...] = key(
-        (0, 1, 2), "seeds the winner is retrained with on the final splits",
+        (0, 1, 2), "distinct seeds the winner is retrained with on the final splits",
         what="a non-empty list of integer seeds", rule=_unique_seeds,
     )
-    probe: bool = key(True, "the frozen-feature probe reference per task after the final phase")
+    probe: bool = key(
+        True, "the frozen-feature probe reference per task after the final phase (`false` skips it)"
+    )
 
 
 def _whole_gpus_above_one(gpu: float) -> str | None:
@@ -177,13 +185,18 @@ def _whole_gpus_above_one(gpu: float) -> str | None:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    cpu: float = key(1.0, "CPUs per trial", gt=0, note=" (fractions allowed)")
-    gpu: float = key(0.0, "GPUs per trial", ge=0, note=" (fractions allowed)", rule=_whole_gpus_above_one)
+    cpu: float = key(1.0, "CPUs per trial (fractions allowed)", gt=0, note=" (fractions allowed)")
+    gpu: float = key(
+        0.0, "GPUs per trial (fractions allowed below 1)", ge=0, note=" (fractions allowed)",
+        rule=_whole_gpus_above_one,
+    )
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str = key("sqlite:///mlflow.db", "the MLflow tracking URI")
+    uri: str = key(
+        "sqlite:///mlflow.db", "the MLflow tracking URI (`--tracking-uri` and `$MLFLOW_TRACKING_URI` win)"
+    )
     experiment: str | None = key(None, "the MLflow experiment; null: the space's name")
     artifact_location: str | None = key("mlartifacts", "relative paths resolve against the working dir")
 
@@ -200,8 +213,11 @@ class ExportConfig:
 class StorageConfig:
     """Where Tune keeps experiment state and checkpoints (see vptsearch.search._storage)."""
 
-    path: str | None = key(None, "a local/NFS path or `s3://BUCKET/PREFIX`", shown_default="<run dir>/ray")
-    shared: bool = key(False, "a local path that every node sees (NFS); s3:// is always shared")
+    path: str | None = key(
+        None, "Tune's experiment state and checkpoints: a local/NFS path or `s3://BUCKET/PREFIX`",
+        shown_default="<run dir>/ray",
+    )
+    shared: bool = key(False, "declare a local path that every node mounts (NFS); s3:// is always shared")
 
 
 # --- the spec ------------------------------------------------------------------------------------
@@ -228,23 +244,29 @@ class SearchSpec:
 
     name: str = key(help="space name: experiment name, run folder `runs/<name>/<stamp>`")
     suite: str | tuple[str, ...] = key(
-        help="`mini`, `vtab1k`, `fgvc`, or a list of tasks `[vtab1k/dtd, ...]`", parse=_parse_suite
+        help="`mini`, `vtab1k`, `fgvc`, or a list of tasks `[vtab1k/dtd, ...]`",
+        what="a suite name or a non-empty list of tasks", parse=_parse_suite,
     )
     data_root: str | None = key(
         None, "where shards live", shown_default="$VPTSEARCH_DATA or ~/.cache/vptsearch/shards"
     )
-    build_missing: bool = key(False, "build the offline mini suite when it is missing")
+    build_missing: bool = key(False, "build missing mini tasks instead of failing")
     run_dir: str = key("runs", "root of the launch folders")
     backbone: BackboneSpec = field(default=BackboneSpec(), metadata=about("the frozen backbone"))
     method: Param = field(
         default=Param("method", "fixed", ("vpt",)),
-        metadata=about("a method name or `{choice: [...]}`", parse=_parse_method),
+        metadata=about(
+            "the tuning method (searched when a choice): " + ", ".join(f"`{m}`" for m in METHODS),
+            what="a method or `{choice: [...]}` of methods", parse=_parse_method,
+        ),
     )
-    params: Mapping[str, Param] = key({}, "hyper-parameters (below)", parse=_parse_params)
+    params: Mapping[str, Param] = key(
+        {}, "hyper-parameters (below)", what="a mapping of parameter names", parse=_parse_params
+    )
     search: SearchConfig = field(default=SearchConfig(), metadata=about("the searcher"))
-    scheduler: SchedulerConfig = field(default=SchedulerConfig(), metadata=about("early stopping"))
+    scheduler: SchedulerConfig = field(default=SchedulerConfig(), metadata=about("early stopping of trials"))
     training: TrainingConfig = field(default=TrainingConfig(), metadata=about("the trial recipe (VPT's)"))
-    protocol: ProtocolConfig = field(default=ProtocolConfig(), metadata=about("final retraining"))
+    protocol: ProtocolConfig = field(default=ProtocolConfig(), metadata=about("after the search"))
     resources: ResourcesConfig = field(default=ResourcesConfig(), metadata=about("what one trial reserves"))
     tracking: TrackingConfig = field(default=TrackingConfig(), metadata=about("MLflow"))
     export: ExportConfig = field(default=ExportConfig(), metadata=about("the exported bundles"))

@@ -33,3 +33,12 @@ def test_catalogue_dropout_masks_and_head_norms_equal_the_model_ones():
     assert _catalogue.DROPOUT_MASKS == tuned.DROPOUT_MASKS
     assert _catalogue.HEAD_NORMS == tuned.HEAD_NORMS
 
+
+def test_the_vpt_defaults_equal_the_spec_defaults():
+    """build_model("vpt") without options builds what a spec without params trains (deep_impl once
+    defaulted to tokens in the model and prefix_kv in the spec)."""
+    opts = METHODS.get("vpt").options()
+    assert opts["deep_impl"] == spec.PARAMS["prompt.deep_impl"].default
+    assert opts["depth"] == spec.PARAMS["prompt.depth"].default
+    assert opts["prompt_length"] == spec.PARAMS["prompt.length"].default
+    assert opts["frozen"] == spec.PARAMS["prompt.frozen"].default

@@ -105,7 +105,7 @@ def test_backbone_stays_in_eval_mode_under_train(vit_factory, images):
 
 def test_deep_prompts_replace_previous_prompt_outputs(vit, images):
     """The prompt slice entering block i is exactly prompt_tokens[i] (not block i-1's output)."""
-    model = build_model(vit, 3, prompt_length=4, depth="deep").eval()
+    model = build_model(vit, 3, prompt_length=4, depth="deep", deep_impl="tokens").eval()  # the token path
     npf, p = model.num_prefix_tokens, 4
     seen: list[torch.Tensor] = []
     # norm1 sees each block's full input on every path (the last block may skip other sub-modules).

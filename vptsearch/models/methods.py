@@ -73,7 +73,7 @@ def _vpt(
     prompt_length: int = 10,
     depth: str = "deep",
     prompt_dropout: float = 0.0,
-    deep_impl: str = "tokens",
+    deep_impl: str = "prefix_kv",  # the spec's default (prompt.deep_impl): exact and faster
     frozen: bool = False,
     dropout_mask: str = "sample",
 ) -> None:

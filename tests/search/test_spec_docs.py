@@ -8,7 +8,7 @@ import pytest
 
 from vptsearch.spec import PARAMS, Param, SearchSpec
 from vptsearch.spec._docs import DOCS, TABLES, block, rewrite
-from vptsearch.spec._schema import field_type, key_of
+from vptsearch.spec._fields import field_type, key_of
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))

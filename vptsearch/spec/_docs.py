@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from vptsearch._catalogue import METHODS
+from vptsearch.spec._fields import field_type, key_of
 from vptsearch.spec._messages import TYPE_WORDS
-from vptsearch.spec._schema import SearchSpec, field_type, key_of
+from vptsearch.spec._schema import SearchSpec
 from vptsearch.spec._spaces import PARAMS, Param, ParamDef
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "search.md"

@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from vptsearch._errors import ConfigError
+from vptsearch.spec._fields import parse_fields
 from vptsearch.spec._messages import err, type_name
-from vptsearch.spec._schema import SearchSpec, parse_fields
+from vptsearch.spec._schema import SearchSpec
 
 
 def warm_start_journal(source: str | Path) -> Path | None:

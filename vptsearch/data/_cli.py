@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from vptsearch._errors import DataError
-from vptsearch.data._tasks import data_root, get_task, list_tasks, suites
+from vptsearch.data._catalog import get_task, list_tasks, suites
+from vptsearch.data._tasks import PREPROCESSING, data_root
 
 
 def _root(p: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="class names, line/item i = label i (default: classes.txt in the task folder, else 0..K-1)",
     )
     p.add_argument(
-        "--preprocessing", default="vtab", choices=("vtab", "fgvc"), help="of a custom task (default: vtab)"
+        "--preprocessing", default="vtab", choices=PREPROCESSING, help="of a custom task (default: vtab)"
     )
     p.add_argument("--val-fraction", type=float, default=0.1, help="without val.txt: held-out part of train")
     p.add_argument("--seed", type=int, default=0, help="of that hold-out")
@@ -164,7 +165,8 @@ def _import_folder(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from vptsearch.data._manifest import built_tasks, read_manifest
+    from vptsearch.data._catalog import read_manifest
+    from vptsearch.data._manifest import built_tasks
 
     root = data_root(args.root)
     on_disk = set(built_tasks(root))
@@ -204,7 +206,7 @@ def _abridged(value: Any) -> Any:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from vptsearch.data._manifest import read_manifest
+    from vptsearch.data._catalog import read_manifest
     from vptsearch.data._verify import verify_task
 
     m = read_manifest(args.task, args.root)

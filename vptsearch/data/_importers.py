@@ -22,10 +22,11 @@ import numpy as np
 
 from vptsearch._errors import ConfigError, DataError, unknown
 from vptsearch._hashing import sha256_file
+from vptsearch.data._catalog import get_task, list_tasks
 from vptsearch.data._codec import resized_jpeg, safe_key
 from vptsearch.data._import_lists import MINI_SUITE, target_name
 from vptsearch.data._manifest import MANIFEST
-from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo, data_root, get_task, list_tasks
+from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo, data_root
 from vptsearch.data._writer import Sample, already_built, write_task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vptsearch.cli import main
-from vptsearch.search import _bundle
+from vptsearch.search import _bundle, _bundle_load
 from vptsearch.search._driver import export_bundles
 
 from ._fake_launch import TASK, make_launch, png_header, save_png
@@ -154,7 +154,7 @@ def test_backbone_record_names_the_weights_file_like_backbones_info(two_seeds, t
     assert rec["weights"]["from"] == "shipped" and rec["weights"]["file"] == "vptsearch-tiny-sup.safetensors"
     assert rec["weights"]["location"] == "vptsearch/assets/vptsearch-tiny-sup.safetensors"
     assert rec["architecture"] == _summary(shipped)["architecture"] and rec["sha256"] == shipped.sha256
-    assert _bundle._load_args({"format_version": 2, "backbone": rec})["weights"] is None
+    assert _bundle_load._load_args({"format_version": 2, "backbone": rec})["weights"] is None
 
 
 def test_format_1_bundles_still_load(two_seeds, tmp_path) -> None:

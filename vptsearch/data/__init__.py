@@ -18,16 +18,16 @@ _LAZY = {
     "TASKS": "_tasks",
     "TaskInfo": "_tasks",
     "data_root": "_tasks",
-    "get_task": "_tasks",
-    "list_tasks": "_tasks",
     "register_task": "_tasks",
-    "resolve_tasks": "_tasks",
-    "suites": "_tasks",
+    "get_task": "_catalog",
+    "list_tasks": "_catalog",
+    "resolve_tasks": "_catalog",
+    "suites": "_catalog",
     # manifest
     "Manifest": "_manifest",
     "ShardInfo": "_manifest",
     "built_tasks": "_manifest",
-    "read_manifest": "_manifest",
+    "read_manifest": "_catalog",
     # writing
     "Sample": "_writer",
     "write_task": "_writer",
@@ -89,22 +89,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from vptsearch.data._catalog import get_task, list_tasks, read_manifest, resolve_tasks, suites
     from vptsearch.data._import_lists import import_lists, import_vtab
     from vptsearch.data._importers import import_fgvc, import_folder
     from vptsearch.data._loader import InMemoryLoader, StreamingLoader, make_loader
-    from vptsearch.data._manifest import Manifest, ShardInfo, built_tasks, disk_tasks, read_manifest
+    from vptsearch.data._manifest import Manifest, ShardInfo, built_tasks, disk_tasks
     from vptsearch.data._mini import MINI_SOURCES, build_mini
     from vptsearch.data._reader import clear_cache, load_split, make_webdataset, shard_urls
-    from vptsearch.data._tasks import (
-        TASKS,
-        TaskInfo,
-        data_root,
-        get_task,
-        list_tasks,
-        register_task,
-        resolve_tasks,
-        suites,
-    )
+    from vptsearch.data._tasks import TASKS, TaskInfo, data_root, register_task
     from vptsearch.data._tfds import import_vtab_tfds
     from vptsearch.data._verify import Verified, verify_task, verify_tasks
     from vptsearch.data._writer import Sample, write_task

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from vptsearch._errors import DataError
-from vptsearch.data._tasks import data_root, get_task, list_tasks, suites
+from vptsearch.data._catalog import get_task, list_tasks, suites
+from vptsearch.data._tasks import PREPROCESSING, data_root
 
 
 def _root(p: argparse.ArgumentParser) -> None:
@@ -34,13 +35,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="build, import and inspect task shards")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+    # in the order `vptsearch data --help` lists them
+    for add in (_add_build_mini, _add_import_vtab, _add_import_tfds, _add_import_fgvc, _add_import_folder,
+                _add_list, _add_info):  # fmt: skip
+        add(sub)
 
+
+def _add_build_mini(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-mini", help="build the offline mini suite (32 px, from packaged data)")
     _root(p)
     p.add_argument("--tasks", nargs="+", default=None, help=f"subset of: {', '.join(list_tasks('mini'))}")
     p.add_argument("--force", action="store_true", help="rebuild tasks that are already up to date")
     p.set_defaults(func=_build_mini)
 
+
+def _add_import_vtab(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import-vtab",
         help="import task folders with list files, keeping their splits "
@@ -60,7 +69,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="class names, line/item i = label i (default: classes.txt in the task folder, else 0..K-1)",
     )
     p.add_argument(
-        "--preprocessing", default="vtab", choices=("vtab", "fgvc"), help="of a custom task (default: vtab)"
+        "--preprocessing", default="vtab", choices=PREPROCESSING, help="of a custom task (default: vtab)"
     )
     p.add_argument("--val-fraction", type=float, default=0.1, help="without val.txt: held-out part of train")
     p.add_argument("--seed", type=int, default=0, help="of that hold-out")
@@ -69,6 +78,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _resize(p)
     p.set_defaults(func=_import_vtab)
 
+
+def _add_import_tfds(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import-vtab-tfds", help="import VTAB-1k through TensorFlow Datasets (optional dependency)"
     )
@@ -77,6 +88,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _root(p)
     p.set_defaults(func=_import_tfds)
 
+
+def _add_import_fgvc(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-fgvc", help="import an FGVC task from train.json / val.json / test.json")
     p.add_argument("src", help="folder with the json files")
     p.add_argument("--task", required=True, help=f"one of: {', '.join(list_tasks('fgvc'))}")
@@ -90,6 +103,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _resize(p)
     p.set_defaults(func=_import_fgvc)
 
+
+def _add_import_folder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-folder", help="import <src>/<class>/<image> with a seeded 800/200/test split")
     p.add_argument("src")
     p.add_argument("--task", required=True, help="task name, e.g. custom/flowers")
@@ -99,12 +114,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _resize(p)
     p.set_defaults(func=_import_folder)
 
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list tasks and whether they are built")
     p.add_argument("--suite", default=None, help=f"only this suite ({', '.join(suites())}, custom, ...)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _root(p)
     p.set_defaults(func=_list)
 
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show a built task's manifest")
     p.add_argument("task")
     p.add_argument(
@@ -164,7 +183,8 @@ def _import_folder(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from vptsearch.data._manifest import built_tasks, read_manifest
+    from vptsearch.data._catalog import read_manifest
+    from vptsearch.data._manifest import built_tasks
 
     root = data_root(args.root)
     on_disk = set(built_tasks(root))
@@ -204,7 +224,7 @@ def _abridged(value: Any) -> Any:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from vptsearch.data._manifest import read_manifest
+    from vptsearch.data._catalog import read_manifest
     from vptsearch.data._verify import verify_task
 
     m = read_manifest(args.task, args.root)

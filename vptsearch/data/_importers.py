@@ -20,28 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vptsearch._errors import ConfigError, DataError, unknown
+from vptsearch._errors import DataError, unknown
 from vptsearch._hashing import sha256_file
-from vptsearch.data._codec import resized_jpeg, safe_key
-from vptsearch.data._import_lists import MINI_SUITE, target_name
-from vptsearch.data._manifest import MANIFEST
-from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo, data_root, get_task, list_tasks
-from vptsearch.data._writer import Sample, already_built, write_task
+from vptsearch.data._catalog import get_task, list_tasks
+from vptsearch.data._import_common import image_sample, refuse_mini, refuse_rebuild, target_name
+from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo
+from vptsearch.data._writer import Sample, write_task
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-
-
-def _sample(path: Path, key: str, label: int, resize: int | None) -> Sample:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    if resize:
-        try:
-            data = resized_jpeg(data, resize)
-        except ValueError as exc:
-            raise DataError(f"image {path} does not decode: {exc}") from None
-    return Sample(safe_key(key), data, label, source=str(path))
 
 
 # --- FGVC json -----------------------------------------------------------------------------------
@@ -105,7 +91,7 @@ def import_fgvc(
     if name not in list_tasks("fgvc"):
         raise unknown("FGVC task", task, [t.split("/", 1)[1] for t in list_tasks("fgvc")])
     info = get_task(name)
-    _refuse_rebuild(info.name, root, overwrite)
+    refuse_rebuild(info.name, root, overwrite)
     src = Path(src).expanduser()
     if not (src / "train.json").is_file() or not (src / "test.json").is_file():
         raise DataError(
@@ -128,7 +114,7 @@ def import_fgvc(
 
     def samples(entries: list[tuple[str, int]]) -> Iterator[Sample]:
         for rel, label in entries:
-            yield _sample(base / rel, Path(rel).with_suffix("").as_posix(), label, resize)
+            yield image_sample(base / rel, Path(rel).with_suffix("").as_posix(), label, resize)
 
     splits = {
         "train": samples(train),
@@ -153,13 +139,6 @@ def import_fgvc(
         overwrite=overwrite,
     )
     return info.name
-
-
-def _refuse_rebuild(name: str, root: str | os.PathLike | None, overwrite: bool) -> None:
-    """Checked before any image is read: replacing a built task takes ``--overwrite``."""
-    base = data_root(root)
-    if not overwrite and not isinstance(base, str) and (base / name / MANIFEST).exists():
-        raise already_built(name, base / name)
 
 
 def class_folder_order(names: list[str], src: Path) -> list[str]:
@@ -202,6 +181,43 @@ def class_folder_order(names: list[str], src: Path) -> list[str]:
 # --- generic image folder ------------------------------------------------------------------------
 
 
+def _class_files(src: Path) -> tuple[list[str], list[tuple[str, Path]]]:
+    """The class folders of ``src`` in label order, and every image under them as ``(class, path)``."""
+    classes = class_folder_order(
+        [p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")], src
+    )
+    if len(classes) < 2:
+        raise DataError(f"image folder {src} needs at least 2 class sub-folders, found {len(classes)}")
+    files = [
+        (c, p) for c in classes for p in sorted((src / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if len(files) < 10:
+        raise DataError(
+            f"image folder {src} has {len(files)} images; at least 10 are needed for train/val/test"
+        )
+    return classes, files
+
+
+def _folder_task(task: str, src: Path, num_classes: int) -> TaskInfo:
+    """The registered task ``task`` (its class count must match), or a new one of that name."""
+    if task in TASKS:
+        refuse_mini(task, src)
+        info = TASKS.get(task)
+        if info.num_classes != num_classes:
+            raise DataError(
+                f"task {task!r} has {info.num_classes} classes but {src} has {num_classes} class folders"
+            )
+        return info
+    target_name(task)  # a new name inside vtab1k/, fgvc/ or mini/ is refused
+    return TaskInfo(
+        name=task,
+        suite=task.split("/", 1)[0],
+        group="custom",
+        num_classes=num_classes,
+        build_hint=f"vptsearch data import-folder {src} --task {task}",
+    )
+
+
 def import_folder(
     src: str | os.PathLike,
     task: str,
@@ -223,41 +239,10 @@ def import_folder(
         raise DataError(f"image folder {src} does not exist")
     if "/" not in task:
         task = f"{CUSTOM_SUITE}/{task}"
-    _refuse_rebuild(task, root, overwrite)
-    classes = class_folder_order(
-        [p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")], src
-    )
-    if len(classes) < 2:
-        raise DataError(f"image folder {src} needs at least 2 class sub-folders, found {len(classes)}")
-    files = [
-        (c, p) for c in classes for p in sorted((src / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    refuse_rebuild(task, root, overwrite)
+    classes, files = _class_files(src)
+    info = _folder_task(task, src, len(classes))
     label_of = {c: i for i, c in enumerate(classes)}
-    if len(files) < 10:
-        raise DataError(
-            f"image folder {src} has {len(files)} images; at least 10 are needed for train/val/test"
-        )
-    if task in TASKS:
-        info = TASKS.get(task)
-        if info.suite == MINI_SUITE:
-            raise ConfigError(
-                f"task {task!r} is built by `vptsearch data build-mini` from packaged data, not imported "
-                f"(from {src}); accepted: your own name such as --task {CUSTOM_SUITE}/{info.short_name}"
-            )
-        if info.num_classes != len(classes):
-            raise DataError(
-                f"task {task!r} has {info.num_classes} classes but {src} has {len(classes)} class folders"
-            )
-    else:
-        target_name(task)  # a new name inside vtab1k/, fgvc/ or mini/ is refused
-        suite = task.split("/", 1)[0]
-        info = TaskInfo(
-            name=task,
-            suite=suite,
-            group="custom",
-            num_classes=len(classes),
-            build_hint=f"vptsearch data import-folder {src} --task {task}",
-        )
     n_tv = min(n_train + n_val, len(files) // 2)
     n_tr = n_train if n_tv == n_train + n_val else round(n_tv * n_train / (n_train + n_val))
     order = np.random.default_rng(seed).permutation(len(files))
@@ -271,9 +256,9 @@ def import_folder(
     def samples(idx: np.ndarray) -> Iterator[Sample]:
         for i in sorted(idx.tolist()):
             c, p = files[i]
-            yield _sample(p, f"{c}/{p.relative_to(src / c).with_suffix('').as_posix()}", label_of[c], resize)
+            key = f"{c}/{p.relative_to(src / c).with_suffix('').as_posix()}"
+            yield image_sample(p, key, label_of[c], resize)
 
-    splits = {s: samples(idx) for s, idx in parts.items()}
     params = {
         "source": str(src.resolve()),
         "seed": seed,
@@ -283,7 +268,7 @@ def import_folder(
     }
     write_task(
         info,
-        splits,
+        {s: samples(idx) for s, idx in parts.items()},
         class_names=classes,
         builder="import-folder",
         params=params,

@@ -1,8 +1,15 @@
 """``manifest.parquet``: one row per shard (split, shard, sample count, sha256, bytes) plus the
 task's description (class names, how it was built) in the parquet schema metadata.
 
+This module writes and parses manifests and indexes the tasks built under a root; opening a task's
+manifest by name (:func:`vptsearch.data._catalog.read_manifest`) sits above it, with the lookups that
+resolve bare names, so the lookups can read the index without importing back into themselves.
+
 A task folder counts as built only when its manifest exists: the writer renames the whole folder
 into place after the manifest is written, so a half-written task is never taken for a whole one.
+
+pyarrow is imported where a manifest is written or parsed, not with this module: the lookups
+import it, and consulting the registry (the CLI's help, a registered task's info) stays light.
 """
 
 from __future__ import annotations
@@ -18,34 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from vptsearch._errors import DataError, unknown
-from vptsearch.data._tasks import (
-    GROUPS,
-    PREPROCESSING,
-    TASKS,
-    TaskInfo,
-    data_root,
-    get_task,
-    hint_for,
-    task_dir,
-)
+from vptsearch._errors import DataError
+from vptsearch.data._tasks import GROUPS, PREPROCESSING, TASKS, TaskInfo, data_root, task_dir
 
 MANIFEST = "manifest.parquet"
 FORMAT_VERSION = 1
 _META_KEY = b"vptsearch"
-
-_SCHEMA = pa.schema(
-    [
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("num_samples", pa.int64()),
-        ("sha256", pa.string()),
-        ("size_bytes", pa.int64()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -105,6 +90,18 @@ def write_manifest(
     params: Mapping[str, Any],
     image_size: int | None,
 ) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("split", pa.string()),
+            ("shard", pa.string()),
+            ("num_samples", pa.int64()),
+            ("sha256", pa.string()),
+            ("size_bytes", pa.int64()),
+        ]
+    )
     table = pa.table(
         {
             "split": [s.split for s in shards],
@@ -113,7 +110,7 @@ def write_manifest(
             "sha256": [s.sha256 for s in shards],
             "size_bytes": [s.size_bytes for s in shards],
         },
-        schema=_SCHEMA,
+        schema=schema,
     )
     meta = {
         "version": FORMAT_VERSION,
@@ -170,7 +167,7 @@ def _field(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], loc
 def _task_info(meta: Mapping[str, Any], location: Path | str) -> TaskInfo:
     name = _field(meta, "task", str, location)
     if name in TASKS:
-        return get_task(name)
+        return TASKS.get(name)
     suite = _field(meta, "suite", str, location)
     num_classes = _field(meta, "num_classes", int, location)
     splits = tuple(_field(meta, "splits", list, location))
@@ -205,6 +202,9 @@ _SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
 
 
 def _parse(data: bytes | Path, location: Path | str, expected: str | None = None) -> Manifest:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(data if isinstance(data, Path) else io.BytesIO(data))
         meta = json.loads((table.schema.metadata or {})[_META_KEY])
@@ -295,30 +295,13 @@ def _parse_local(path: Path, expected: str | None) -> Manifest:
     return manifest
 
 
-def _task_name(task: TaskInfo | str, root: str | os.PathLike | None) -> str:
-    if isinstance(task, TaskInfo):
-        return task.name
-    if task in TASKS or "/" in task:
-        return task
-    return get_task(task, root).name  # a bare name: registered or built under root
-
-
-def read_manifest(task: TaskInfo | str, root: str | os.PathLike | None = None) -> Manifest:
-    """The manifest of a built task; a one-line :class:`DataError` naming the build command if not built."""
-    name = _task_name(task, root)
-    location = task_dir(name, root)
-    if isinstance(location, str):  # remote root
+def manifest_at(location: Path | str, name: str) -> Manifest:
+    """The manifest in the task folder ``location`` (a URL string for remote roots), which must
+    describe task ``name``. Local manifests are parsed once per version of the file; remote ones are
+    fetched on every call."""
+    if isinstance(location, str):
         return _parse(_fetch(f"{location}/{MANIFEST}"), location, name)
-    data_root(root, must_exist=True)
-    path = location / MANIFEST
-    if not path.is_file():
-        info = task if isinstance(task, TaskInfo) else TASKS.get(name) if name in TASKS else None
-        if info is None:  # neither registered nor on disk
-            raise unknown("task", name, TASKS.names() + sorted(disk_tasks(root)))
-        raise DataError(
-            f"task {name!r} is not built under {data_root(root)}; build it with {hint_for(info, root)}"
-        )
-    return _parse_local(path, name)
+    return _parse_local(location / MANIFEST, name)
 
 
 _REMOTE_INFO: dict[str, TaskInfo | None] = {}
@@ -335,13 +318,13 @@ def task_info_from_disk(name: str, root: str | os.PathLike | None) -> TaskInfo |
     if isinstance(location, str):  # remote root: fetched once per process
         if name not in _REMOTE_INFO:
             try:
-                _REMOTE_INFO[name] = _parse(_fetch(f"{location}/{MANIFEST}"), location, name).task
+                _REMOTE_INFO[name] = manifest_at(location, name).task
             except DataError:
                 _REMOTE_INFO[name] = None
         return _REMOTE_INFO[name]
     if not (location / MANIFEST).is_file():
         return None
-    return _parse_local(location / MANIFEST, name).task
+    return manifest_at(location, name).task
 
 
 def disk_tasks(root: str | os.PathLike | None = None) -> dict[str, TaskInfo]:
@@ -355,7 +338,7 @@ def disk_tasks(root: str | os.PathLike | None = None) -> dict[str, TaskInfo]:
         if name in TASKS:
             continue
         try:
-            out[name] = _parse_local(Path(task_dir(name, root)) / MANIFEST, name).task
+            out[name] = manifest_at(Path(task_dir(name, root)), name).task
         except DataError:
             continue
     return out

@@ -3,19 +3,21 @@
 Names are ``suite/task``. The VTAB-1k and FGVC entries carry the split sizes of the VPT paper
 (Jia et al. 2022, Table 7); the ``mini`` suite is the offline suite built from what ships with
 installed packages. Tasks imported from user folders (``custom/<name>`` by default) are not
-registered here: their manifest describes them, and :func:`get_task`, :func:`resolve_tasks`,
-:func:`list_tasks` and :func:`suites` find them under the data root (see
-:func:`vptsearch.data._manifest.disk_tasks`).
+registered here: their manifest describes them, and the lookups of :mod:`vptsearch.data._catalog`
+(``get_task``, ``list_tasks``, ``resolve_tasks``, ``suites``) find them under the data root.
+
+This module reads no manifest, so the manifest code and the lookups above it both import it (the
+bottom of the data layer: nothing here imports another ``vptsearch.data`` module).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vptsearch._errors import ConfigError, DataError, suggest
+from vptsearch._errors import DataError
 from vptsearch._registry import Registry
 
 DEFAULT_ROOT = "~/.cache/vptsearch/shards"
@@ -151,96 +153,9 @@ for _name, _group, _k, _test, _desc in _MINI:
     )
 
 
-def _disk(root: str | os.PathLike | None) -> dict[str, TaskInfo]:
-    """Unregistered tasks built under ``root`` (imported folders), read from their manifests."""
-    from vptsearch.data._manifest import disk_tasks
-
-    return disk_tasks(root)
-
-
 def reserved_suites() -> list[str]:
     """Suites of the registered tasks (fgvc, mini, vtab1k): importers may not add tasks to them."""
     return sorted({TASKS.get(n).suite for n in TASKS})
-
-
-def suites(root: str | os.PathLike | None = None) -> list[str]:
-    """Suite names: the registered ones, plus (given a ``root``) those of the tasks built there."""
-    names = set(reserved_suites())
-    if root is not None:
-        names |= {info.suite for info in _disk(root).values()}
-    return sorted(names)
-
-
-def list_tasks(suite: str | None = None, root: str | os.PathLike | None = None) -> list[str]:
-    """Task names, optionally of one suite (``mini``, ``vtab1k``, ``fgvc``, ``custom``, ...).
-
-    Without ``root`` only the registered tasks; with a ``root`` also the unregistered tasks built
-    there (imported folders), which is what a search space may name.
-    """
-    disk = _disk(root) if root is not None else {}
-    if suite is None:
-        return TASKS.names() + sorted(disk)
-    if suite not in suites(root):
-        raise ConfigError(
-            f"unknown suite {suite!r}{suggest(suite, suites(root))}; accepted: {', '.join(suites(root))}"
-        )
-    return [n for n in TASKS.names() if TASKS.get(n).suite == suite] + sorted(
-        n for n, info in disk.items() if info.suite == suite
-    )
-
-
-def get_task(name: str, root: str | os.PathLike | None = None) -> TaskInfo:
-    """The :class:`TaskInfo` of a registered task, or of a task built under the data root.
-
-    ``root`` defaults to the data root (``$VPTSEARCH_DATA``, else ``~/.cache/vptsearch/shards``).
-    A bare task name that is unique across suites (``"cifar100"``, or ``"flowers"`` for an
-    imported ``custom/flowers``) is accepted too.
-    """
-    if name in TASKS:
-        return TASKS.get(name)
-    if "/" not in name:
-        registered = [n for n in TASKS.names() if n.split("/", 1)[1] == name]
-        matches = registered + [n for n in _disk(root) if n.split("/", 1)[1] == name]
-        if len(matches) == 1:
-            return TASKS.get(matches[0]) if matches[0] in TASKS else _disk(root)[matches[0]]
-        if len(matches) > 1:
-            raise ConfigError(f"task {name!r} is ambiguous; use one of: {', '.join(matches)}")
-    else:
-        from vptsearch.data._manifest import task_info_from_disk
-
-        info = task_info_from_disk(name, root)
-        if info is not None:
-            return info
-    accepted = TASKS.names() + sorted(_disk(root))
-    raise ConfigError(
-        f"unknown task {name!r}{suggest(name, accepted)}; accepted: {', '.join(accepted)}"
-        f" (or import your own: `vptsearch data import-vtab <folder> --task {name.rsplit('/', 1)[-1]}`)"
-    )
-
-
-def resolve_tasks(suite_or_list: str | Sequence[str], root: str | os.PathLike | None = None) -> list[str]:
-    """Turn a suite name (``"mini"``, ``"vtab1k"``, ``"fgvc"``, ``"custom"``), one task or a list into names.
-
-    Unregistered tasks (``custom/<name>`` from the importers) come from the manifests under
-    ``root`` (default: the data root), so a search space can name them like any other task.
-    """
-    items: Iterable[str] = [suite_or_list] if isinstance(suite_or_list, str) else suite_or_list
-    names: list[str] = []
-    for item in items:
-        if item in reserved_suites():
-            names.extend(list_tasks(item))
-        elif "/" not in item and any(info.suite == item for info in _disk(root).values()):
-            names.extend(list_tasks(item, data_root(root)))
-        elif item == CUSTOM_SUITE:
-            raise DataError(
-                f"no custom task is built under {data_root(root)}; import one with "
-                "`vptsearch data import-vtab <folder> --task <name>` (see docs/data.md)"
-            )
-        else:
-            names.append(get_task(item, root).name)
-    if not names:
-        raise ConfigError("no tasks given; pass a suite name (mini, vtab1k, fgvc, custom) or a list of tasks")
-    return list(dict.fromkeys(names))
 
 
 def is_remote(root: str | os.PathLike) -> bool:

@@ -22,9 +22,10 @@ import webdataset as wds
 
 from vptsearch._errors import DataError
 from vptsearch._hashing import sha256_file
+from vptsearch.data._catalog import get_task
 from vptsearch.data._codec import encode_png, normalise_encoded, safe_key
 from vptsearch.data._manifest import MANIFEST, ShardInfo, write_manifest
-from vptsearch.data._tasks import TaskInfo, data_root, get_task
+from vptsearch.data._tasks import TaskInfo, data_root
 
 SHARD_PATTERN = "{split}-%06d.tar"
 DEFAULT_MAXCOUNT = 500  # samples per shard: several shards per split so 2 workers can share a split

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from vptsearch.search._searcher import trial_status
@@ -66,9 +66,6 @@ class TaskSelection:
     per_init: dict[str, TrialRecord] = field(default_factory=dict)
     per_method: dict[str, TrialRecord] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _best(records: list[TrialRecord]) -> TrialRecord | None:

@@ -1,0 +1,147 @@
+"""The files of a bundle folder and their checks (the layout is in :mod:`vptsearch.search._bundle`).
+
+:func:`read_meta` reads and verifies ``bundle.json`` (its format version, keys, types and members),
+:func:`read_tensors` one safetensors file; every malformed part is one line naming the file and what
+is accepted, with the command that exports the bundle again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vptsearch._errors import ConfigError
+
+BUNDLE_JSON, WEIGHTS = "bundle.json", "prompts.safetensors"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+REEXPORT = "vptsearch export --run-dir RUN_DIR"
+_REQUIRED = ("num_classes", "method", "backbone", "image_size", "mean", "std")
+
+
+def task_dirname(task: str) -> str:
+    """``mini/digits`` -> ``mini__digits`` (one flat folder per task)."""
+    return task.replace("/", "__")
+
+
+def member_file(seed: int, exported: bool) -> str:
+    """The exported seed keeps the plain name, so one-seed readers need nothing new."""
+    return WEIGHTS if exported else f"prompts-seed{seed}.safetensors"
+
+
+def reexport_hint(meta: Mapping[str, Any] | None = None) -> str:
+    """The export command that writes the bundle again (its own run dir when it records one)."""
+    run_dir = (meta or {}).get("run_dir")
+    return f"vptsearch export --run-dir {run_dir}" if run_dir else REEXPORT
+
+
+def read_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    """``bundle.json`` of a bundle folder, checked: one line naming the file for anything malformed."""
+    from vptsearch.search._exports import resolve_bundle_dir
+
+    d = resolve_bundle_dir(bundle_dir)
+    path = d / BUNDLE_JSON
+    if not path.is_file() or not (d / WEIGHTS).is_file():
+        raise ConfigError(f"{str(d)!r} is not a vptsearch bundle: expected {BUNDLE_JSON} and {WEIGHTS} in it")
+    try:
+        meta = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; expected the JSON a vptsearch export writes "
+                          f"(re-export with `{REEXPORT}`)") from None  # fmt: skip
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}); expected the bundle.json "
+            f"a vptsearch export writes (re-export with `{REEXPORT}`)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ConfigError(
+            f"{path}: format_version {version!r}; this vptsearch reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (re-export with `{reexport_hint(meta)}`)"
+        )
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ConfigError(
+            f"{path}: lacks key(s) {', '.join(missing)} (re-export with `{reexport_hint(meta)}`)"
+        )
+    _check_types(path, meta)
+    meta["members"] = _members(path, meta)
+    meta["_dir"] = str(d)
+    return meta
+
+
+def _check_types(path: Path, meta: Mapping[str, Any]) -> None:
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{path}: {key} is {meta.get(key)!r}; expected {what}")
+
+    n = meta["num_classes"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise bad("num_classes", "an integer >= 1")
+    if not isinstance(meta["image_size"], int) or meta["image_size"] < 1:
+        raise bad("image_size", "an integer >= 1")
+    for key in ("mean", "std"):
+        v = meta[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            raise bad(key, "a list of 3 numbers")
+    if not isinstance(meta["backbone"], dict) or not isinstance(meta["backbone"].get("name"), str):
+        raise ConfigError(f"{path}: backbone must be an object with a name; got {meta['backbone']!r}")
+    if not isinstance(meta["method"], str):
+        raise bad("method", "a method name")
+    if not isinstance(meta.get("method_options", {}), dict):
+        raise bad("method_options", "an object of build_model options")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == n):
+        raise ConfigError(f"{path}: class_names must be a list of num_classes ({n}) names")
+
+
+def _members(path: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``[{seed, file, test_accuracy}]``; format 1 has one member, the exported seed."""
+    if meta["format_version"] == 1 or "members" not in meta:
+        return [
+            {"seed": meta.get("exported_seed"), "file": WEIGHTS, "test_accuracy": meta.get("test_accuracy")}
+        ]
+    members = meta["members"]
+    ok = isinstance(members, list) and members and all(
+        isinstance(m, dict) and isinstance(m.get("seed"), int) and isinstance(m.get("file"), str)
+        # a plain file name in this folder: a bundle must not make predict read elsewhere
+        and m["file"] == Path(m["file"]).name and m["file"].endswith(".safetensors")
+        for m in members
+    )  # fmt: skip
+    if not ok:
+        raise ConfigError(
+            f"{path}: members must be a non-empty list of {{seed: int, file: NAME.safetensors}} "
+            f"(files in the bundle folder); got {members!r}"[:400]
+        )
+    for m in members:
+        if not (path.parent / m["file"]).is_file():
+            raise ConfigError(
+                f"{path}: member seed {m['seed']} names {m['file']}, which is not in {path.parent}"
+            )
+    return [dict(m) for m in members]
+
+
+def read_tensors(path: str | Path, meta: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """One safetensors file of a bundle; a truncated or foreign file is one line naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError (truncated, bad header), OSError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(
+            f"{path}: not a readable safetensors file ({first}); expected the tensors a vptsearch "
+            f"export writes (re-export with `{reexport_hint(meta)}`)"
+        ) from None
+
+
+def read_bundle(bundle_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(bundle.json, the exported seed's tensors)``."""
+    meta = read_meta(bundle_dir)
+    return meta, read_tensors(Path(meta["_dir"]) / WEIGHTS, meta)
+

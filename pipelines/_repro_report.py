@@ -820,28 +820,26 @@ def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[s
 
 
 def log_to_mlflow(tracking_uri: str, experiment: str, files: list[Path], res: dict[str, Any]) -> str:
-    """One ``repro-report`` run in the experiment (reused on every rebuild) with the tables as artifacts."""
-    from mlflow.tracking import MlflowClient
+    """One ``repro-report`` run in the experiment (reused on every rebuild) with the tables as artifacts.
 
-    from vptsearch.search._tracking import resolve_tracking_uri
+    Written through the launches' :class:`Tracker` (found by its tag ``vptsearch.kind``); each rebuild
+    logs its values again at step 0, so MLflow shows the newest (``rewrite_metrics``).
+    """
+    from vptsearch.search._tracking import Tracker, resolve_tracking_uri
 
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=Path("mlartifacts").resolve().as_uri())
-    found = client.search_runs([exp_id], "tags.`vptsearch.kind` = 'repro-report'", max_results=1)
-    run_id = found[0].info.run_id if found else client.create_run(
-        exp_id, tags={"vptsearch.kind": "repro-report", "mlflow.runName": "repro-report"}).info.run_id
+    tracker = Tracker(resolve_tracking_uri(tracking_uri), experiment, Path("mlartifacts").resolve().as_uri(),
+                      "repro-report", rewrite_metrics=True)  # fmt: skip
+    ref = tracker.run("repro-report", {}, {"kind": "repro-report"})
+    tags, metrics = {}, {}
     for c in claims(res):
-        client.set_tag(run_id, f"claim.{c['id']}", c["verdict"])
-        for k, v in c["values"].items():
-            if v is not None:
-                client.log_metric(run_id, f"{c['id']}.{k}", float(v))
-    client.log_metric(run_id, "launches_finished", res["finished"])
+        tags[f"claim.{c['id']}"] = c["verdict"]
+        metrics.update({f"{c['id']}.{k}": float(v) for k, v in c["values"].items() if v is not None})
+    tracker.log(ref, metrics={**metrics, "launches_finished": res["finished"]}, tags=tags)
     for f in files:
-        client.log_artifact(run_id, str(f))
-    client.set_terminated(run_id)
-    return run_id
+        tracker.log_artifact(ref, f)
+    tracker.end(ref)
+    tracker.close()
+    return str(tracker.run_id(ref))
 
 
 def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timings: dict[str, Any],

@@ -21,17 +21,8 @@ from typing import Any, ClassVar
 from ray import tune
 
 from vptsearch._errors import ConfigError
+from vptsearch.search import _records
 from vptsearch.search._applier import Applier
-from vptsearch.search._records import (
-    ArtifactRecord,
-    EndRecord,
-    LogRecord,
-    MetricPoint,
-    PruneRecord,
-    Record,
-    RunRecord,
-    run_ref,
-)
 from vptsearch.search._searcher import trial_status
 from vptsearch.search._spool import Spool, Writer, sync
 from vptsearch.search._tracking_store import (  # the store's helpers, also imported from here
@@ -114,7 +105,7 @@ class Tracker:
         """The MlflowClient, for reads (writes go through the spool)."""
         return self.applier.client
 
-    def _submit(self, rec: Record) -> None:
+    def _submit(self, rec: _records.Record) -> None:
         if self.writer is not None:
             self.writer.submit(rec)
         else:
@@ -128,9 +119,9 @@ class Tracker:
         ``new=True`` skips the tag look-up: only for runs that cannot exist yet (a fresh launch's
         trials), where it saves a store round trip per trial.
         """
-        ref = run_ref({PREFIX + k: str(v) for k, v in key.items()})
+        ref = _records.run_ref({PREFIX + k: str(v) for k, v in key.items()})
         all_tags = {PREFIX + k: str(v) for k, v in {**tags, **key}.items()}
-        self._submit(RunRecord(ref, name, all_tags, parent, new))
+        self._submit(_records.RunRecord(ref, name, all_tags, parent, new))
         return ref
 
     def launch_run(self, name: str) -> str:
@@ -152,11 +143,11 @@ class Tracker:
         tags: dict[str, Any] | None = None,
     ) -> None:
         """One write of params (each set once: immutable in MLflow), metrics at ``step`` and tags."""
-        now = int(time.time() * 1000)
-        points = [MetricPoint(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None] if (
-            metrics
-        ) else None  # fmt: skip
-        rec = LogRecord(
+        now, points = int(time.time() * 1000), None
+        if metrics:  # given: written, even when every value is None (as the spool always had it)
+            values = {k: float(v) for k, v in metrics.items() if v is not None}
+            points = [_records.MetricPoint(k, v, now, int(step)) for k, v in values.items()]
+        rec = _records.LogRecord(
             ref,
             params={k: str(v) for k, v in params.items()} if params else None,
             metrics=points,
@@ -176,14 +167,14 @@ class Tracker:
 
     def log_artifact(self, ref: str, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or a whole folder; uploaded by the writer (the path must stay until synced)."""
-        self._submit(ArtifactRecord(ref, str(Path(path).resolve()), artifact_path))
+        self._submit(_records.ArtifactRecord(ref, str(Path(path).resolve()), artifact_path))
 
     def end(self, ref: str, status: str = "FINISHED") -> None:
-        self._submit(EndRecord(ref, status))
+        self._submit(_records.EndRecord(ref, status))
 
     def prune(self, match: dict[str, str], key: str, keep: list[str]) -> None:
         """Delete the runs tagged ``match`` whose ``key`` tag is not in ``keep`` (prefixed here)."""
-        self._submit(PruneRecord({PREFIX + k: v for k, v in match.items()}, PREFIX + key, keep))
+        self._submit(_records.PruneRecord({PREFIX + k: v for k, v in match.items()}, PREFIX + key, keep))
 
     def run_id(self, ref: str) -> str | None:
         """The MLflow id of a run the writer has created or found (None before that)."""

@@ -137,3 +137,21 @@ def test_read_records_yields_typed_records(tmp_path: Path) -> None:
     (tmp_path / SPOOL_FILE).write_text("\n".join(LINES) + "\n" + LINES[0][:20])  # a torn last line
     got = [rec for _, rec in read_records(tmp_path / SPOOL_FILE)]
     assert len(got) == len(LINES) and isinstance(got[0], RunRecord) and isinstance(got[-1], ArtifactRecord)
+
+
+def test_an_unpickled_callback_writes_through_the_launchs_open_tracker(tmp_path: Path) -> None:
+    """Tune unpickles callbacks on --resume: theirs must be the launch's Tracker (one spool writer),
+    and once it is closed a callback opens a Tracker of its own."""
+    import pickle
+
+    from vptsearch.search._tracking import TrackingCallback
+
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    t = Tracker(uri, "exp", None, "exp/1", run_dir=tmp_path)
+    cb = TrackingCallback(uri, "exp", None, "exp/1", {}, 2, resume=False, run_dir=tmp_path)
+    restored = pickle.loads(pickle.dumps(cb))
+    assert restored.resume and restored.tracker is t and Tracker.of_run_dir(tmp_path) is t
+    assert t.close() == 0 and Tracker.of_run_dir(tmp_path) is None
+    again = pickle.loads(pickle.dumps(cb)).tracker
+    assert again is not t and Tracker.of_run_dir(tmp_path) is again
+    assert again.close() == 0

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vptsearch.search._spool import POS_FILE, SPOOL_FILE, Spool, read_records, run_ref, unsynced
+from vptsearch.search._records import run_ref
+from vptsearch.search._spool import POS_FILE, SPOOL_FILE, Spool, read_records, unsynced
 from vptsearch.search._tracking import Tracker, sync
 
 

@@ -14,19 +14,30 @@ Layout (tags prefixed ``vptsearch.``):
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ray import tune
 
 from vptsearch._errors import ConfigError
-from vptsearch._net import unreachable
+from vptsearch.search import _records
+from vptsearch.search._applier import Applier
 from vptsearch.search._searcher import trial_status
+from vptsearch.search._spool import Spool, Writer, sync
+from vptsearch.search._tracking_store import (  # the store's helpers, also imported from here
+    artifact_location,
+    check_tracking_uri,
+    client,
+    resolve_tracking_uri,
+    tracking_uri_for,
+)
+
+__all__ = [  # the store's helpers and sync live in their own modules; callers import them from here too
+    "LOGGED_METRICS", "MLFLOW_STATUS", "PREFIX", "ProgressCallback", "Tracker", "TrackingCallback",
+    "artifact_location", "check_tracking_uri", "client", "resolve_tracking_uri", "sync", "task_outcome",
+    "tracking_uri_for",
+]  # fmt: skip
 
 PREFIX = "vptsearch."
 LOGGED_METRICS = (
@@ -44,126 +55,20 @@ LOGGED_METRIC_PREFIXES = ("nmi_layer",)  # per-layer series, as many as the mode
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
 
 
-def resolve_tracking_uri(uri: str) -> str:
-    """Make a relative sqlite/file store absolute, so the UI and reports find it from anywhere."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    if "://" not in uri:  # a plain path is a file store
-        return Path(uri).resolve().as_uri()
-    return uri
-
-
-def tracking_uri_for(flag: str | None, spec_uri: str) -> str:
-    """The launch's tracking URI: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the spec's."""
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
-    """Resolve ``uri`` and refuse (ConfigError naming it) when the store cannot be reached."""
-    uri = resolve_tracking_uri(uri)
-    scheme = urllib.parse.urlparse(uri).scheme
-    if scheme == "sqlite":
-        parent = Path(uri[len("sqlite:///") :]).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ConfigError(
-                f"tracking URI {uri!r}: directory {str(parent)!r} does not exist or is not writable"
-            )
-    elif scheme == "file":
-        path = Path(urllib.parse.urlparse(uri).path)
-        if not (path if path.exists() else path.parent).is_dir():
-            raise ConfigError(f"tracking URI {uri!r}: {str(path.parent)!r} does not exist")
-    elif scheme in ("http", "https"):
-        parsed = urllib.parse.urlparse(uri)
-        port = parsed.port or (443 if scheme == "https" else 80)
-        reason = unreachable(parsed.hostname or "", port, timeout)
-        if reason is not None:
-            raise ConfigError(
-                f"tracking URI {uri!r} is unreachable ({reason}); start the server "
-                "or pass --tracking-uri sqlite:///mlflow.db"
-            )
-    else:
-        raise ConfigError(
-            f"tracking URI {uri!r}: unsupported scheme {scheme!r}; accepted: sqlite:///FILE, "
-            "http(s)://HOST:PORT, file:///DIR or a folder path"
-        )
-    return uri
-
-
-def client(uri: str) -> Any:
-    # Fail fast instead of retrying for minutes against a dead server.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    # set_terminated on a server otherwise prints two "View run" lines (and reads the run back)
-    # for every run it ends: thousands of lines in a launch's output.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    from mlflow.tracking import MlflowClient
-
-    if not uri.startswith("sqlite:"):
-        return MlflowClient(tracking_uri=uri)
-    with sqlite_store_lock(uri):
-        # Opening the store (MlflowClient() does) creates a missing database and runs MLflow's
-        # alembic migrations; two launches doing that at once make the second fail mid-migration,
-        # so opening is serialised (the second then finds the tables and migrates nothing).
-        c = MlflowClient(tracking_uri=uri)
-        if os.environ.get("VPTSEARCH_SQLITE_WAL", "1") != "0":
-            _sqlite_wal(c)
-    return c
-
-
-@contextlib.contextmanager
-def sqlite_store_lock(uri: str) -> Iterator[None]:
-    """An exclusive ``flock`` on the folder of a ``sqlite:///FILE`` store (no lock file left
-    behind; the folder exists, check_tracking_uri made sure). Held across processes and threads."""
-    import fcntl
-
-    folder = Path(uri[len("sqlite:///") :]).parent
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _sqlite_wal(c: Any) -> None:
-    """Write-ahead log + synchronous=NORMAL on a sqlite store: one fsync per checkpoint instead of
-    several per transaction, about half the cost of a trial's MLflow writes here (29 -> 16 ms).
-    A crash can lose the last transactions but never corrupts the file, and the spool replays
-    them. WAL needs a local disk (not NFS): set VPTSEARCH_SQLITE_WAL=0 to keep MLflow's default."""
-    from sqlalchemy import event
-
-    engine = getattr(getattr(getattr(c, "_tracking_client", None), "store", None), "engine", None)
-    if engine is None or getattr(engine, "_vptsearch_wal", False):
-        return
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, record: Any) -> None:
-        dbapi_conn.execute("PRAGMA journal_mode=WAL")
-        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-
-    engine._vptsearch_wal = True
-    engine.dispose()  # pooled connections were opened without the pragmas
-
-
-def artifact_location(location: str | None, uri: str) -> str | None:
-    """Where the experiment's artifacts go: a local folder (as a file URI) or a remote URI as given."""
-    if location is None:
-        return None
-    if "://" in location:
-        return location
-    if uri.startswith(("http://", "https://")):
-        return None  # the server's own artifact store
-    return Path(location).resolve().as_uri()
-
-
 class Tracker:
     """Driver-side MLflow writer of a launch: experiment, launch, task and trial runs.
 
-    Runs are named by *refs* (their identifying tags, see :func:`_spool.run_ref`), not MLflow ids.
-    With ``run_dir`` every write goes through the launch's durable spool and a background writer
-    (:mod:`vptsearch.search._spool`): callers never wait on the store and an unreachable server
-    loses nothing (``vptsearch sync`` replays it). Without ``run_dir`` writes are applied at once.
+    Runs are named by *refs* (their identifying tags, see :func:`_records.run_ref`), not MLflow
+    ids. With ``run_dir`` every write goes through the launch's durable spool and a background
+    writer (:mod:`vptsearch.search._spool`): callers never wait on the store and an unreachable
+    server loses nothing (``vptsearch sync`` replays it). Without ``run_dir`` writes are applied at
+    once; ``rewrite_metrics`` (only then) writes a metric again at a step its run already has.
     """
+
+    # The open Tracker of each run dir in this process. Tune unpickles a launch's callbacks on
+    # --resume, and they must write through the launch's one spool writer (a second writer on the
+    # same file would interleave its appends): :meth:`of_run_dir` finds it for them.
+    _open: ClassVar[dict[str, Tracker]] = {}
 
     def __init__(
         self,
@@ -172,11 +77,13 @@ class Tracker:
         artifact_location_: str | None,
         launch_id: str,
         run_dir: Path | None = None,
+        *,
+        rewrite_metrics: bool = False,
     ) -> None:
-        from vptsearch.search._spool import Applier, Spool, Writer
-
+        if rewrite_metrics and run_dir is not None:
+            raise ValueError(f"rewrite_metrics with run_dir {str(run_dir)!r}: a replay would double metrics")
         self.uri, self.launch_id, self.experiment = uri, launch_id, experiment
-        self.applier = Applier(client(uri), experiment, artifact_location_)
+        self.applier = Applier(client(uri), experiment, artifact_location_, rewrite_metrics=rewrite_metrics)
         try:
             self.experiment_id = self.applier.experiment_id
         except Exception as exc:  # any store failure is one user-facing error
@@ -186,49 +93,43 @@ class Tracker:
         if self.run_dir is not None:
             self.writer = Writer(Spool(self.run_dir), self.applier, uri)
             self.writer.start()
-            _OPEN[str(self.run_dir)] = self
+            Tracker._open[str(self.run_dir)] = self
+
+    @classmethod
+    def of_run_dir(cls, run_dir: Path | str) -> Tracker | None:
+        """The open (not yet closed) Tracker of the launch in ``run_dir``, if this process has one."""
+        return cls._open.get(str(Path(run_dir)))
 
     @property
     def client(self) -> Any:
         """The MlflowClient, for reads (writes go through the spool)."""
         return self.applier.client
 
-    def _submit(self, rec: dict[str, Any]) -> None:
+    def _submit(self, rec: _records.Record) -> None:
         if self.writer is not None:
             self.writer.submit(rec)
         else:
             self.applier.apply([rec], trust_new=True)
 
-    def run(
-        self,
-        name: str,
-        tags: dict[str, Any],
-        key: dict[str, Any],
-        parent: str | None = None,
-        new: bool = False,
-    ) -> str:
-        """Find-or-create the run identified by ``key`` (tags, prefixed here); returns its ref.
+    def run(self, name: str, tags: dict[str, Any], key: dict[str, Any], parent: str | None = None,
+            new: bool = False) -> str:  # fmt: skip
+        """Find-or-create the run identified by ``key`` (tags, prefixed here) under the run
+        ``parent`` (a ref); returns its ref.
 
         ``new=True`` skips the tag look-up: only for runs that cannot exist yet (a fresh launch's
         trials), where it saves a store round trip per trial.
         """
-        from vptsearch.search._spool import run_ref
-
-        full_key = {PREFIX + k: str(v) for k, v in key.items()}
-        ref = run_ref(full_key)
+        ref = _records.run_ref({PREFIX + k: str(v) for k, v in key.items()})
         all_tags = {PREFIX + k: str(v) for k, v in {**tags, **key}.items()}
-        self._submit({"op": "run", "ref": ref, "name": name, "tags": all_tags, "parent": parent, "new": new})
+        self._submit(_records.RunRecord(ref, name, all_tags, parent, new))
         return ref
 
-    def find_or_create(
-        self, name: str, tags: dict[str, str], key: dict[str, str], parent: str | None = None
-    ) -> str:
-        return self.run(name, tags, key, parent)
-
     def launch_run(self, name: str) -> str:
+        """The launch's own run (summary table, plots, spec); returns its ref."""
         return self.run(name, {"kind": "launch"}, {"launch": self.launch_id, "kind": "launch"})
 
-    def task_run(self, task: str, group: str, parent: str | None = None) -> str:
+    def task_run(self, task: str, group: str) -> str:
+        """The run of one task of the launch (its trials are nested under it); returns its ref."""
         return self.run(
             task, {"group": group, "kind": "task"}, {"launch": self.launch_id, "task": task, "kind": "task"}
         )
@@ -242,40 +143,38 @@ class Tracker:
         tags: dict[str, Any] | None = None,
     ) -> None:
         """One write of params (each set once: immutable in MLflow), metrics at ``step`` and tags."""
-        now = int(time.time() * 1000)
-        rec: dict[str, Any] = {"op": "log", "ref": ref}
-        if params:
-            rec["params"] = {k: str(v) for k, v in params.items()}
-        if metrics:
-            rec["metrics"] = [[k, float(v), now, int(step)] for k, v in metrics.items() if v is not None]
-        if tags:
-            rec["tags"] = {k: str(v) for k, v in tags.items()}
-        if len(rec) > 2:
+        now, points = int(time.time() * 1000), None
+        if metrics:  # given: written, even when every value is None (as the spool always had it)
+            values = {k: float(v) for k, v in metrics.items() if v is not None}
+            points = [_records.MetricPoint(k, v, now, int(step)) for k, v in values.items()]
+        rec = _records.LogRecord(
+            ref,
+            params={k: str(v) for k, v in params.items()} if params else None,
+            metrics=points,
+            tags={k: str(v) for k, v in tags.items()} if tags else None,
+        )
+        if (rec.params, rec.metrics, rec.tags) != (None, None, None):
             self._submit(rec)
 
-    def log_params_once(self, run_id: str, params: dict[str, Any]) -> None:
-        self.log(run_id, params=params)
+    def log_params_once(self, ref: str, params: dict[str, Any]) -> None:
+        self.log(ref, params=params)
 
-    log_params = log_params_once
+    def set_tags(self, ref: str, tags: dict[str, Any]) -> None:
+        self.log(ref, tags=tags)
 
-    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        self.log(run_id, tags=tags)
+    def log_metrics(self, ref: str, metrics: dict[str, float | None], step: int = 0) -> None:
+        self.log(ref, metrics=metrics, step=step)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int = 0) -> None:
-        self.log(run_id, metrics=metrics, step=step)
-
-    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, ref: str, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or a whole folder; uploaded by the writer (the path must stay until synced)."""
-        self._submit({"op": "artifact", "ref": run_id, "path": str(Path(path).resolve()),
-                      "artifact_path": artifact_path})  # fmt: skip
+        self._submit(_records.ArtifactRecord(ref, str(Path(path).resolve()), artifact_path))
 
-    def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self._submit({"op": "end", "ref": run_id, "status": status})
+    def end(self, ref: str, status: str = "FINISHED") -> None:
+        self._submit(_records.EndRecord(ref, status))
 
     def prune(self, match: dict[str, str], key: str, keep: list[str]) -> None:
         """Delete the runs tagged ``match`` whose ``key`` tag is not in ``keep`` (prefixed here)."""
-        self._submit({"op": "prune", "ref": "", "match": {PREFIX + k: v for k, v in match.items()},
-                      "key": PREFIX + key, "keep": keep})  # fmt: skip
+        self._submit(_records.PruneRecord({PREFIX + k: v for k, v in match.items()}, PREFIX + key, keep))
 
     def run_id(self, ref: str) -> str | None:
         """The MLflow id of a run the writer has created or found (None before that)."""
@@ -285,9 +184,8 @@ class Tracker:
         """Drain the spool into the store and stop the writer; returns the writes left unsynced."""
         if self.writer is None:
             return 0
-        _OPEN.pop(str(self.run_dir), None)
-        left = self.writer.close(drain_s, down_grace_s)
-        return left
+        Tracker._open.pop(str(self.run_dir), None)
+        return self.writer.close(drain_s, down_grace_s)
 
     def unsynced_message(self, left: int) -> str:
         why = self.writer.last_error if self.writer is not None else None
@@ -337,13 +235,6 @@ def task_outcome(task: str, res: dict[str, Any]) -> tuple[str, str]:
     return " · ".join(parts), "\n\n".join(lines)
 
 
-_OPEN: dict[str, Tracker] = {}  # run dir -> its launch's Tracker (restored callbacks find it here)
-
-
-def open_tracker(run_dir: Path | str) -> Tracker | None:
-    return _OPEN.get(str(Path(run_dir)))
-
-
 class TrackingCallback(tune.Callback):
     """Logs every Tune trial as a nested MLflow run of its task's parent run (from the driver).
 
@@ -383,7 +274,7 @@ class TrackingCallback(tune.Callback):
     @property
     def tracker(self) -> Tracker:
         if self._tracker is None:
-            self._tracker = (open_tracker(self.run_dir) if self.run_dir else None) or Tracker(
+            self._tracker = (Tracker.of_run_dir(self.run_dir) if self.run_dir else None) or Tracker(
                 *self.args, run_dir=Path(self.run_dir) if self.run_dir else None
             )
         return self._tracker
@@ -496,41 +387,3 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, error=True)
-
-
-# --- vptsearch sync -----------------------------------------------------------------------------
-def sync(run_dir: Path | str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Replay a launch's unsynced MLflow writes (or all of them, into another store).
-
-    Returns counts: ``records`` applied, ``runs_created``, ``runs_found``, ``metrics``,
-    ``metrics_skipped`` (already in the store), ``params``, ``tags``, ``ends``, ``artifacts``,
-    and ``left`` (records still unsynced: 0 unless the store failed, which raises ConfigError).
-    """
-    import json
-
-    from vptsearch.search._spool import SPOOL_FILE, Applier, replay, unsynced
-
-    run_dir = Path(run_dir)
-    info_file = run_dir / "tracking.json"
-    if not info_file.is_file() or not (run_dir / SPOOL_FILE).is_file():
-        raise ConfigError(
-            f"{str(run_dir)!r} is not a launch folder with an MLflow spool (no tracking.json or "
-            f"{SPOOL_FILE}); pass runs/<name>/<stamp> of a launch"
-        )
-    info = json.loads(info_file.read_text())
-    uri = check_tracking_uri(tracking_uri or info["uri"])
-    art = info.get("artifact_location")
-    if tracking_uri and art and art.startswith("file:") and uri.startswith(("http://", "https://")):
-        art = None  # a server of its own keeps artifacts in its artifact store
-    applier = Applier(client(uri), info["experiment"], art)
-    try:
-        replay(run_dir, applier, uri)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        left = unsynced(run_dir, uri)
-        raise ConfigError(
-            f"sync to {uri!r} stopped with {left} write(s) left: {str(exc).splitlines()[0][:200]}; "
-            "run `vptsearch sync` again when the store is reachable"
-        ) from None
-    return {"uri": uri, **dict(applier.counts), "left": unsynced(run_dir, uri)}

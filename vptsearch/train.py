@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from vptsearch._errors import ConfigError
-from vptsearch.spec import SearchSpec, trial_defaults
+from vptsearch._trial_config import PHASES as PHASES  # vptsearch.train.PHASES, as before
+from vptsearch._trial_config import TrialConfig
+from vptsearch.spec import SearchSpec
 
-PHASES = ("search", "final")
 # A loss this many times the chance-level loss ln(C) counts as diverged: cross-entropy gradients are
 # bounded, so a linear head under a huge lr drifts to enormous-but-finite logits instead of NaN.
 DIVERGED_LOSS_FACTOR = 100.0
@@ -111,29 +112,12 @@ def freeze_backbone(backbone: Any) -> Any:
     return backbone
 
 
-def model_options(config: dict[str, Any], spec: SearchSpec) -> dict[str, Any]:
+def model_options(config: dict[str, Any] | TrialConfig, spec: SearchSpec) -> dict[str, Any]:
     """``build_model`` options of a trial config (the method's parameters, defaults filled in)."""
-    method = config.get("method", "vpt")
-    c = {**trial_defaults(method), **config}
-    # Only when set: bundles exported before head norms existed keep their old options.
-    common = {"head_norm": c["head.norm"]} if c["head.norm"] != "none" else {}
-    if method == "vpt":
-        opts = {
-            **common,
-            "prompt_length": int(c["prompt.length"]),
-            "depth": c["prompt.depth"],
-            "prompt_dropout": spec.training.prompt_dropout,
-            "deep_impl": c["prompt.deep_impl"],
-            "dropout_mask": spec.training.prompt_dropout_mask,
-        }
-        if c["prompt.frozen"]:  # only when set: bundles of trained prompts keep their old options
-            opts["frozen"] = True
-        return opts
-    if method == "adapter":
-        return {**common, "reduction": int(c["adapter.reduction"])}
-    if method == "partial":
-        return {**common, "k": int(c["partial.k"])}
-    return common
+    from vptsearch.models.methods import METHODS
+
+    trial = config if isinstance(config, TrialConfig) else TrialConfig.from_sampled(config, spec.training)
+    return METHODS.get(trial.method).build_options(trial)
 
 
 def build_optimizer(
@@ -330,14 +314,10 @@ def run_trial(
     from vptsearch.data import get_task
     from vptsearch.models import build_model, initialize_prompts, parameter_accounting, prompt_nmi
 
-    phase = config.get("phase", "search")
-    if phase not in PHASES:
-        raise ConfigError(f"trial phase {phase!r} is unknown; accepted: {', '.join(PHASES)}")
+    trial = TrialConfig.from_sampled(config, spec.training)
+    phase, method, seed = trial.phase, trial.method, trial.seed
     if threads:
         torch.set_num_threads(max(1, int(threads)))
-    method = config.get("method", "vpt")
-    params = {**trial_defaults(method), **config}
-    seed = int(config.get("seed", 0))
     info = get_task(task, spec.data_root)
     train_split, eval_split = info.search_splits if phase == "search" else info.final_splits
     tr = spec.training
@@ -346,11 +326,11 @@ def run_trial(
     backbone = freeze_backbone(backbone) if backbone is not None else get_backbone(spec)
     torch.manual_seed(seed)
     device = trial_device(spec)
-    model = build_model(backbone, info.num_classes, method, **model_options(config, spec)).to(device)
+    model = build_model(backbone, info.num_classes, method, **model_options(trial, spec)).to(device)
     init_info: dict[str, Any] = {}
     images: torch.Tensor | None = None
-    if method == "vpt" and checkpoint is None:
-        strategy = params["prompt.init"]
+    if trial.prompt is not None and checkpoint is None:
+        strategy = trial.prompt.init
         key = _init_key(strategy, task, train_split, spec, backbone, model, seed)
         cached = _INIT_CACHE.get(key) if key is not None else None
         prompts = model.prompt_tokens
@@ -371,7 +351,7 @@ def run_trial(
                 while len(_INIT_CACHE) > INIT_CACHE_SIZE:
                     _INIT_CACHE.popitem(last=False)
     nmi_images = None
-    if tr.track_nmi and method == "vpt":
+    if tr.track_nmi and trial.prompt is not None:
         # A fixed set of training images, so the per-epoch values are comparable across epochs.
         nmi_images = (images if images is not None else _init_images(task, train_split, spec, backbone)[0])
         nmi_images = nmi_images[:NMI_IMAGES]
@@ -380,9 +360,7 @@ def run_trial(
         task, train_split, spec, backbone, train=True, seed=seed, batch=tr.batch_size, device=device
     )
     trained = [p for p in model.parameters() if p.requires_grad]
-    opt, lr = build_optimizer(
-        trained, spec, float(params["optim.base_lr"]), float(params["optim.weight_decay"])
-    )
+    opt, lr = build_optimizer(trained, spec, trial.base_lr, trial.weight_decay)
     steps_per_epoch = max(1, len(train_loader))
     total_steps, warmup_steps = tr.epochs * steps_per_epoch, tr.warmup_epochs * steps_per_epoch
 

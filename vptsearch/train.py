@@ -16,7 +16,7 @@ import functools
 import json
 import math
 import time
-from collections import OrderedDict
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vptsearch._errors import ConfigError
+from vptsearch._prompt_cache import PromptInitCache
 from vptsearch._trial_config import PHASES as PHASES  # vptsearch.train.PHASES, as before
 from vptsearch._trial_config import TrialConfig
 from vptsearch.spec import SearchSpec
@@ -275,23 +276,45 @@ def _init_images(task: str, split: str, spec: SearchSpec, backbone: Any) -> tupl
     return torch.cat(xs)[:cap], torch.cat(ys)[:cap]
 
 
-# SPT initialisers are deterministic given (backbone, images, prompt shape, seed), and a search
-# proposes the same (task, p, init) many times: a worker process keeps the last results instead of
-# re-running the backbone over the init images and k-means for every trial (see bench_spt_init).
-INIT_CACHE_SIZE = 32
-_INIT_CACHE: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, dict[str, Any], Any]] = OrderedDict()
+# The PromptInitCache of each backbone trials ran on in this process (the spec's, loaded above, or a
+# Ray worker's copy from the object store), keyed weakly on its model: a cache goes with its backbone.
+_INIT_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, PromptInitCache] = weakref.WeakKeyDictionary()
 
 
-def _init_key(
-    strategy: str, task: str, split: str, spec: SearchSpec, backbone: Any, model: Any, seed: int
-) -> tuple[Any, ...] | None:
-    if strategy == "random":  # nothing to save: a seeded uniform draw
-        return None
-    tr = spec.training
-    return (
+def _init_cache_of(backbone: Any) -> PromptInitCache:
+    cache = _INIT_CACHE.get(backbone.model)
+    if cache is None:
+        cache = _INIT_CACHE[backbone.model] = PromptInitCache()
+    return cache
+
+
+def _initialise_prompts(
+    model: Any, trial: TrialConfig, task: str, split: str, spec: SearchSpec, backbone: Any
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """``model``'s prompts set by ``trial.prompt.init``: ``(init info, the images it read or None)``.
+    SPT results come from the backbone's :class:`PromptInitCache` when an earlier trial on the same
+    task, prompt shape and seed computed them (bit-identical to computing them again)."""
+    from vptsearch.models import initialize_prompts
+
+    assert trial.prompt is not None and model.prompt_tokens is not None  # method vpt
+    strategy, prompts = trial.prompt.init, model.prompt_tokens
+    if strategy == "random":  # nothing to cache: a seeded uniform draw
+        return initialize_prompts(model, strategy, None, None, seed=trial.seed), None
+    tr, b = spec.training, backbone
+    key = (
         strategy, task, split, spec.data_root, tr.image_size, tr.init_images, tr.eval_batch_size,
-        id(backbone), backbone.sha256, tuple(model.prompt_tokens.shape), seed,
+        b.image_size, tuple(b.mean), tuple(b.std), tuple(prompts.shape), trial.seed,
     )  # fmt: skip
+    cache = _init_cache_of(b)
+    hit = cache.get(key)
+    if hit is not None:
+        with torch.no_grad():
+            prompts.copy_(hit[0])
+        return {**hit[1], "cached": True}, None
+    images, labels = _init_images(task, split, spec, b)
+    info = initialize_prompts(model, strategy, images, labels, seed=trial.seed)
+    cache.put(key, prompts, info)
+    return info, images
 
 
 def run_trial(
@@ -312,7 +335,7 @@ def run_trial(
     built backbone (a Ray worker's copy from the object store); default: the spec's, loaded once.
     """
     from vptsearch.data import get_task
-    from vptsearch.models import build_model, initialize_prompts, parameter_accounting, prompt_nmi
+    from vptsearch.models import build_model, parameter_accounting, prompt_nmi
 
     trial = TrialConfig.from_sampled(config, spec.training)
     phase, method, seed = trial.phase, trial.method, trial.seed
@@ -330,26 +353,7 @@ def run_trial(
     init_info: dict[str, Any] = {}
     images: torch.Tensor | None = None
     if trial.prompt is not None and checkpoint is None:
-        strategy = trial.prompt.init
-        key = _init_key(strategy, task, train_split, spec, backbone, model, seed)
-        cached = _INIT_CACHE.get(key) if key is not None else None
-        prompts = model.prompt_tokens
-        assert prompts is not None  # method vpt
-        if key is not None and cached is not None:  # same task, shape and seed as an earlier trial
-            _INIT_CACHE.move_to_end(key)
-            with torch.no_grad():
-                prompts.copy_(cached[0])
-            init_info = {**cached[1], "cached": True}
-        else:
-            labels = None
-            if strategy != "random":
-                images, labels = _init_images(task, train_split, spec, backbone)
-            init_info = initialize_prompts(model, strategy, images, labels, seed=seed)
-            if key is not None:
-                # The entry holds the backbone too, so its id() in the key cannot be reused meanwhile.
-                _INIT_CACHE[key] = (prompts.detach().clone(), dict(init_info), backbone)
-                while len(_INIT_CACHE) > INIT_CACHE_SIZE:
-                    _INIT_CACHE.popitem(last=False)
+        init_info, images = _initialise_prompts(model, trial, task, train_split, spec, backbone)
     nmi_images = None
     if tr.track_nmi and trial.prompt is not None:
         # A fixed set of training images, so the per-epoch values are comparable across epochs.

@@ -1,11 +1,15 @@
-"""The typed trial config: one reading of the sampled dict (defaults filled once, the dict given back
-unchanged) and each method's own build_model options."""
+"""The typed trial config and the SPT prompt cache: one reading of the sampled dict (defaults filled
+once, the dict given back unchanged), each method's own build_model options, a cache per backbone."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
+import torch
 
 from vptsearch._errors import ConfigError
+from vptsearch._prompt_cache import PromptInitCache
 from vptsearch._trial_config import TrialConfig
 from vptsearch.spec import TrainingConfig
 
@@ -64,3 +68,31 @@ def test_each_method_turns_the_config_into_its_own_options() -> None:
     for name in METHODS.names():
         extra = {"method": name, "head.norm": "batchnorm"}
         assert set(options(extra)) - {"head_norm"} <= set(METHODS.get(name).options()), name
+def test_prompt_init_cache_keeps_copies_and_drops_the_least_recently_used() -> None:
+    cache = PromptInitCache(size=2)
+    prompts, info = torch.zeros(2, 3), {"strategy": "spt-mean"}
+    cache.put("a", prompts, info)
+    prompts += 1  # the trial trains its own prompts: the cached ones stay as initialised
+    info["cached"] = True
+    got = cache.get("a")
+    assert got is not None and torch.equal(got[0], torch.zeros(2, 3)) and got[1] == {"strategy": "spt-mean"}
+    cache.put("b", prompts, {})
+    assert cache.get("a") is not None  # "a" is now the newest
+    cache.put("c", prompts, {})
+    assert len(cache) == 2 and cache.get("b") is None and cache.get("a") is not None
+    with pytest.raises(ValueError, match="size must be >= 1, got 0"):
+        PromptInitCache(size=0)
+
+
+def test_a_backbone_has_its_own_cache_and_takes_it_along_when_freed() -> None:
+    from types import SimpleNamespace
+
+    import vptsearch.train as train
+
+    first, second = SimpleNamespace(model=torch.nn.Linear(2, 2)), SimpleNamespace(model=torch.nn.Linear(2, 2))
+    cache = train._init_cache_of(first)
+    assert train._init_cache_of(first) is cache and train._init_cache_of(second) is not cache
+    before = len(train._INIT_CACHE)
+    del first, second
+    gc.collect()
+    assert len(train._INIT_CACHE) == before - 2  # no id() can name a freed backbone's prompts

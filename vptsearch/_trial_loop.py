@@ -182,8 +182,9 @@ class EpochLoop:
         from vptsearch.models import parameter_accounting
 
         accounting = parameter_accounting(self.model)
-        common = {"phase": self.trial.phase, "seed": self.trial.seed}
-        common["tuned_percent"] = accounting["tuned_percent"]
+        common = {
+            "phase": self.trial.phase, "seed": self.trial.seed, "tuned_percent": accounting["tuned_percent"]
+        }  # fmt: skip
         checkpointed = checkpoint_epochs(self.spec)
         status = "completed"
         try:

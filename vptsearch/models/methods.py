@@ -3,7 +3,8 @@
 Every method starts from the same frozen backbone and a fresh linear head and says which parameters
 train: ``vpt`` (prompts), ``linear`` (head only), ``full`` (everything), ``bias`` (BitFit: every bias
 of the backbone), ``partial`` (last ``k`` blocks + final norm), ``adapter`` (a bottleneck after every
-block's MLP). "method" is a search dimension, so all share one constructor signature.
+block's MLP). "method" is a search dimension, so all share one constructor signature, and each
+reads its own options off a trial config (``Method.build_options``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vptsearch._registry import Registry
 from vptsearch.models.backbones import Backbone, load_backbone
 from vptsearch.models.tuned import TunedModel, check_vit
 
-if TYPE_CHECKING:  # typing only: models/ never imports the search side at run time
+if TYPE_CHECKING:  # typing only: at run time models/ stays below the trial config (which reads the spec)
     from vptsearch._trial_config import TrialConfig
 
 TrialOptions = Callable[["TrialConfig"], dict[str, Any]]
@@ -145,9 +146,12 @@ def _bias(model: TunedModel) -> None:
             p.requires_grad_(True)
 
 
+def _partial_trial_options(config: TrialConfig) -> dict[str, Any]:
+    return {"k": config.partial_k}
+
+
 @register_method(
-    "partial", "partial-k: the last k blocks, the final norm and the head train",
-    lambda config: {"k": config.partial_k},
+    "partial", "partial-k: the last k blocks, the final norm and the head train", _partial_trial_options
 )
 def _partial(model: TunedModel, k: int = 1) -> None:
     k = _int_option("partial k", k, 1, model.num_layers)
@@ -180,9 +184,13 @@ class Adapter(nn.Module):
         return self(output)
 
 
+def _adapter_trial_options(config: TrialConfig) -> dict[str, Any]:
+    return {"reduction": config.adapter_reduction}
+
+
 @register_method(
     "adapter", "adapter: a bottleneck (width d/reduction) after every block's MLP + head",
-    lambda config: {"reduction": config.adapter_reduction},
+    _adapter_trial_options,
 )
 def _adapter(model: TunedModel, reduction: int = 8) -> None:
     reduction = _int_option("adapter reduction", reduction, 1, model.embed_dim)

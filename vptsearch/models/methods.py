@@ -3,7 +3,8 @@
 Every method starts from the same frozen backbone and a fresh linear head and says which parameters
 train: ``vpt`` (prompts), ``linear`` (head only), ``full`` (everything), ``bias`` (BitFit: every bias
 of the backbone), ``partial`` (last ``k`` blocks + final norm), ``adapter`` (a bottleneck after every
-block's MLP). "method" is a search dimension, so all share one constructor signature.
+block's MLP). "method" is a search dimension, so all share one constructor signature, and each
+reads its own options off a trial config (``Method.build_options``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import copy
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,19 +23,36 @@ from vptsearch._registry import Registry
 from vptsearch.models.backbones import Backbone, load_backbone
 from vptsearch.models.tuned import TunedModel, check_vit
 
+if TYPE_CHECKING:  # typing only: at run time models/ stays below the trial config (which reads the spec)
+    from vptsearch._trial_config import TrialConfig
+
+TrialOptions = Callable[["TrialConfig"], dict[str, Any]]
+
+
+def _no_trial_options(config: TrialConfig) -> dict[str, Any]:
+    return {}
+
 
 @dataclass(frozen=True)
 class Method:
-    """A tuning method: ``setup(model, **options)`` makes the trained parameters require grad."""
+    """A tuning method: ``setup(model, **options)`` makes the trained parameters require grad;
+    ``trial_options(config)`` reads the method's own options off a trial config."""
 
     name: str
     setup: Callable[..., None]
     description: str
+    trial_options: TrialOptions = _no_trial_options
 
     def options(self) -> dict[str, Any]:
         """Accepted options and their defaults."""
         sig = inspect.signature(self.setup)
         return {n: p.default for n, p in list(sig.parameters.items())[1:]}
+
+    def build_options(self, config: TrialConfig) -> dict[str, Any]:
+        """The ``build_model`` options of a trial of this method (``head_norm`` first, when set)."""
+        # Only when set: bundles exported before head norms existed keep their old options.
+        common = {"head_norm": config.head_norm} if config.head_norm != "none" else {}
+        return {**common, **self.trial_options(config)}
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -43,9 +61,13 @@ METHODS: Registry[Method] = Registry("method")
 SHARES_BACKBONE = frozenset({"vpt", "linear"})
 
 
-def register_method(name: str, description: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def register_method(
+    name: str, description: str, trial_options: TrialOptions = _no_trial_options
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``setup`` as method ``name``; ``trial_options`` maps a trial config to its options."""
+
     def deco(fn: Callable[..., None]) -> Callable[..., None]:
-        METHODS.add(name, Method(name, fn, description))
+        METHODS.add(name, Method(name, fn, description, trial_options))
         return fn
 
     return deco
@@ -67,7 +89,24 @@ def _int_option(name: str, value: object, low: int, high: int | None = None) -> 
     return value
 
 
-@register_method("vpt", "visual prompt tuning (Jia et al. 2022): prompts + head train")
+def _vpt_trial_options(config: TrialConfig) -> dict[str, Any]:
+    p = config.prompt
+    assert p is not None, "a vpt trial config has prompts"
+    opts: dict[str, Any] = {
+        "prompt_length": p.length,
+        "depth": p.depth,
+        "prompt_dropout": p.dropout,
+        "deep_impl": p.deep_impl,
+        "dropout_mask": p.dropout_mask,
+    }
+    if p.frozen:  # only when set: bundles of trained prompts keep their old options
+        opts["frozen"] = True
+    return opts
+
+
+@register_method(
+    "vpt", "visual prompt tuning (Jia et al. 2022): prompts + head train", _vpt_trial_options
+)
 def _vpt(
     model: TunedModel,
     prompt_length: int = 10,
@@ -107,7 +146,13 @@ def _bias(model: TunedModel) -> None:
             p.requires_grad_(True)
 
 
-@register_method("partial", "partial-k: the last k blocks, the final norm and the head train")
+def _partial_trial_options(config: TrialConfig) -> dict[str, Any]:
+    return {"k": config.partial_k}
+
+
+@register_method(
+    "partial", "partial-k: the last k blocks, the final norm and the head train", _partial_trial_options
+)
 def _partial(model: TunedModel, k: int = 1) -> None:
     k = _int_option("partial k", k, 1, model.num_layers)
     for blk in list(model.backbone.blocks)[-k:]:
@@ -139,7 +184,14 @@ class Adapter(nn.Module):
         return self(output)
 
 
-@register_method("adapter", "adapter: a bottleneck (width d/reduction) after every block's MLP + head")
+def _adapter_trial_options(config: TrialConfig) -> dict[str, Any]:
+    return {"reduction": config.adapter_reduction}
+
+
+@register_method(
+    "adapter", "adapter: a bottleneck (width d/reduction) after every block's MLP + head",
+    _adapter_trial_options,
+)
 def _adapter(model: TunedModel, reduction: int = 8) -> None:
     reduction = _int_option("adapter reduction", reduction, 1, model.embed_dim)
     for blk in model.backbone.blocks:

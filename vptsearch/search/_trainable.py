@@ -26,7 +26,6 @@ from vptsearch.train import run_trial
 
 log = logging.getLogger("vptsearch")
 STATE_FILE = "state.pt"
-CONTROL_KEYS = ("task", "phase", "seed")
 
 
 class TuneReporter:

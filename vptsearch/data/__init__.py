@@ -19,15 +19,15 @@ _LAZY = {
     "TaskInfo": "_tasks",
     "data_root": "_tasks",
     "register_task": "_tasks",
-    "get_task": "_catalog",
-    "list_tasks": "_catalog",
-    "resolve_tasks": "_catalog",
-    "suites": "_catalog",
+    "get_task": "_lookup",
+    "list_tasks": "_lookup",
+    "resolve_tasks": "_lookup",
+    "suites": "_lookup",
     # manifest
     "Manifest": "_manifest",
     "ShardInfo": "_manifest",
     "built_tasks": "_manifest",
-    "read_manifest": "_catalog",
+    "read_manifest": "_lookup",
     # writing
     "Sample": "_writer",
     "write_task": "_writer",
@@ -89,10 +89,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from vptsearch.data._catalog import get_task, list_tasks, read_manifest, resolve_tasks, suites
     from vptsearch.data._import_lists import import_lists, import_vtab
     from vptsearch.data._importers import import_fgvc, import_folder
     from vptsearch.data._loader import InMemoryLoader, StreamingLoader, make_loader
+    from vptsearch.data._lookup import get_task, list_tasks, read_manifest, resolve_tasks, suites
     from vptsearch.data._manifest import Manifest, ShardInfo, built_tasks, disk_tasks
     from vptsearch.data._mini import MINI_SOURCES, build_mini
     from vptsearch.data._reader import clear_cache, load_split, make_webdataset, shard_urls

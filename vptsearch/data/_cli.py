@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from vptsearch._errors import DataError
-from vptsearch.data._catalog import get_task, list_tasks, suites
+from vptsearch.data._lookup import get_task, list_tasks, suites
 from vptsearch.data._tasks import PREPROCESSING, data_root
 
 
@@ -183,7 +183,7 @@ def _import_folder(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from vptsearch.data._catalog import read_manifest
+    from vptsearch.data._lookup import read_manifest
     from vptsearch.data._manifest import built_tasks
 
     root = data_root(args.root)
@@ -224,7 +224,7 @@ def _abridged(value: Any) -> Any:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from vptsearch.data._catalog import read_manifest
+    from vptsearch.data._lookup import read_manifest
     from vptsearch.data._verify import verify_task
 
     m = read_manifest(args.task, args.root)

@@ -22,8 +22,8 @@ import numpy as np
 
 from vptsearch._errors import DataError, unknown
 from vptsearch._hashing import sha256_file
-from vptsearch.data._catalog import get_task, list_tasks
 from vptsearch.data._import_common import image_sample, refuse_mini, refuse_rebuild, target_name
+from vptsearch.data._lookup import get_task, list_tasks
 from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo
 from vptsearch.data._writer import Sample, write_task
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vptsearch._errors import DataError
-from vptsearch.data._catalog import read_manifest
+from vptsearch.data._lookup import read_manifest
 from vptsearch.data._reader import load_split, make_webdataset
 from vptsearch.data._tasks import TaskInfo
 from vptsearch.data._transforms import (

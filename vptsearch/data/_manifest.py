@@ -2,7 +2,7 @@
 task's description (class names, how it was built) in the parquet schema metadata.
 
 This module writes and parses manifests and indexes the tasks built under a root; opening a task's
-manifest by name (:func:`vptsearch.data._catalog.read_manifest`) sits above it, with the lookups that
+manifest by name (:func:`vptsearch.data._lookup.read_manifest`) sits above it, with the lookups that
 resolve bare names, so the lookups can read the index without importing back into themselves.
 
 A task folder counts as built only when its manifest exists: the writer renames the whole folder

@@ -21,7 +21,7 @@ from PIL import Image
 
 from vptsearch._errors import DataError
 from vptsearch._registry import Registry
-from vptsearch.data._catalog import get_task, list_tasks, read_manifest
+from vptsearch.data._lookup import get_task, list_tasks, read_manifest
 from vptsearch.data._procedural import clevr_scene, dsprites_batch
 from vptsearch.data._writer import Sample, is_built, write_task
 

@@ -25,8 +25,8 @@ from webdataset.tariterators import url_opener
 
 from vptsearch._errors import DataError
 from vptsearch._hashing import sha256_file
-from vptsearch.data._catalog import read_manifest
 from vptsearch.data._codec import IMAGE_EXTS, decode_image
+from vptsearch.data._lookup import read_manifest
 from vptsearch.data._manifest import Manifest, ShardInfo
 from vptsearch.data._tarstream import tar_samples
 from vptsearch.data._tasks import TaskInfo, hint_for

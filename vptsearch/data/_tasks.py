@@ -3,7 +3,7 @@
 Names are ``suite/task``. The VTAB-1k and FGVC entries carry the split sizes of the VPT paper
 (Jia et al. 2022, Table 7); the ``mini`` suite is the offline suite built from what ships with
 installed packages. Tasks imported from user folders (``custom/<name>`` by default) are not
-registered here: their manifest describes them, and the lookups of :mod:`vptsearch.data._catalog`
+registered here: their manifest describes them, and the lookups of :mod:`vptsearch.data._lookup`
 (``get_task``, ``list_tasks``, ``resolve_tasks``, ``suites``) find them under the data root.
 
 This module reads no manifest, so the manifest code and the lookups above it both import it (the

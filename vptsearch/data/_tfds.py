@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vptsearch._errors import DataError
-from vptsearch.data._catalog import get_task, list_tasks
+from vptsearch.data._lookup import get_task, list_tasks
 from vptsearch.data._writer import Sample, write_task
 
 INSTALL_HINT = (

@@ -28,8 +28,8 @@ from typing import Any
 
 from vptsearch._errors import DataError
 from vptsearch._hashing import sha256_bytes
-from vptsearch.data._catalog import read_manifest
 from vptsearch.data._codec import decode_image
+from vptsearch.data._lookup import read_manifest
 from vptsearch.data._manifest import MANIFEST, Manifest, ShardInfo, file_signature
 from vptsearch.data._reader import iter_shard, rebuild_hint
 from vptsearch.data._tasks import TaskInfo

@@ -22,8 +22,8 @@ import webdataset as wds
 
 from vptsearch._errors import DataError
 from vptsearch._hashing import sha256_file
-from vptsearch.data._catalog import get_task
 from vptsearch.data._codec import encode_png, normalise_encoded, safe_key
+from vptsearch.data._lookup import get_task
 from vptsearch.data._manifest import MANIFEST, ShardInfo, write_manifest
 from vptsearch.data._tasks import TaskInfo, data_root
 

@@ -189,3 +189,12 @@ def test_tpe_models_the_best_and_a_spread_sample_of_a_long_study() -> None:
     import pickle
 
     assert "_best" not in pickle.loads(pickle.dumps(sampler)).__getstate__()
+
+
+def test_each_task_and_seed_gets_its_own_sampler_stream() -> None:
+    from vptsearch.search._searcher import task_seed
+
+    # anagrams shared one stream under the old seed + sum of character codes
+    assert task_seed(0, "mini/digits") != task_seed(0, "mini/digtis")
+    assert task_seed(4, "fgvc/stanford_cars") != task_seed(0, "fgvc/stanford_dogs")  # sums 4 apart
+    assert task_seed(3, "mini/digits") == task_seed(3, "mini/digits") < 2**32  # reproducible, numpy-sized

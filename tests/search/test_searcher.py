@@ -153,7 +153,7 @@ def test_the_working_copy_journal_refuses_a_second_writer(tmp_path) -> None:
 def test_tpe_models_the_best_and_a_spread_sample_of_a_long_study() -> None:
     import optuna
 
-    from vptsearch.search import _searcher
+    from vptsearch.search import _tpe
 
     study = optuna.create_study(direction="maximize")
     dist = optuna.distributions.FloatDistribution(0, 1)
@@ -168,20 +168,20 @@ def test_tpe_models_the_best_and_a_spread_sample_of_a_long_study() -> None:
             ))  # fmt: skip
     running = study.ask({"x": dist})
     trials = study.get_trials(deepcopy=False)
-    best = _searcher._Best()
+    best = _tpe._Best()
     assert best.window(trials[:150], maximize=True) == trials[:150]  # a short study: unchanged
     window = best.window(trials, maximize=True)
-    assert len(window) == _searcher.TPE_WINDOW + 1 and window[-1].number == running.number
+    assert len(window) == _tpe.TPE_WINDOW + 1 and window[-1].number == running.number
     kept = {t.number for t in window}
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
-    assert {t.number for t in done[: _searcher.TPE_WINDOW_BEST]} <= kept  # TPE's good set
+    assert {t.number for t in done[: _tpe.TPE_WINDOW_BEST]} <= kept  # TPE's good set
     deepest = [t for t in trials if t.state == TrialState.PRUNED and max(t.intermediate_values) == 3]
-    assert sum(t.number in kept for t in deepest) >= _searcher.TPE_WINDOW_BEST
+    assert sum(t.number in kept for t in deepest) >= _tpe.TPE_WINDOW_BEST
     others = sorted(kept - {t.number for t in done[:25]} - {t.number for t in deepest} - {running.number})
     assert others[-1] == trials[-2].number and others[0] < 20  # spread over the whole history
     assert [t.number for t in window] == sorted(kept)
     # the sampler itself: a long study still asks fine and the window is not part of its pickle
-    sampler = _searcher.WindowedTPESampler(seed=0, n_startup_trials=4, multivariate=True)
+    sampler = _tpe.WindowedTPESampler(seed=0, n_startup_trials=4, multivariate=True)
     long = optuna.create_study(direction="maximize", sampler=sampler)
     for t in trials[:-1]:
         long.add_trial(t)
@@ -189,3 +189,12 @@ def test_tpe_models_the_best_and_a_spread_sample_of_a_long_study() -> None:
     import pickle
 
     assert "_best" not in pickle.loads(pickle.dumps(sampler)).__getstate__()
+
+
+def test_each_task_and_seed_gets_its_own_sampler_stream() -> None:
+    from vptsearch.search._searcher import task_seed
+
+    # anagrams shared one stream under the old seed + sum of character codes
+    assert task_seed(0, "mini/digits") != task_seed(0, "mini/digtis")
+    assert task_seed(4, "fgvc/stanford_cars") != task_seed(0, "fgvc/stanford_dogs")  # sums 4 apart
+    assert task_seed(3, "mini/digits") == task_seed(3, "mini/digits") < 2**32  # reproducible, numpy-sized

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from vptsearch.search._compat import asha_tracks
 from vptsearch.search._searcher import METRIC, MODE, TIME_ATTR
 from vptsearch.search._state import DriverStateMixin
 from vptsearch.spec import SearchSpec
@@ -27,7 +28,7 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
 
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: int) -> None:
         super().__init__()
-        self._metric, self._mode = METRIC, MODE
+        super().set_search_properties(METRIC, MODE)  # Tune's own: the metric ASHA compares
         self.asha_kwargs: dict[str, Any] = dict(
             time_attr=TIME_ATTR,
             metric=METRIC,
@@ -54,7 +55,7 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         asha = self._asha(trial)
-        if trial.trial_id not in asha._trial_info:  # restored trial: re-register with its bracket
+        if not asha_tracks(asha, trial.trial_id):  # restored trial: re-register with its bracket
             asha.on_trial_add(tune_controller, trial)
         decision = asha.on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP:
@@ -66,7 +67,7 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         asha = self._asha(trial)
-        if trial.trial_id in asha._trial_info:
+        if asha_tracks(asha, trial.trial_id):
             asha.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
@@ -74,12 +75,12 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         asha = self._asha(trial)
-        asha._trial_info.pop(trial.trial_id, None)
+        if asha_tracks(asha, trial.trial_id):  # ASHA raises KeyError for a trial it does not hold
+            asha.on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
         stopped = ", ".join(f"{t}: {n}" for t, n in sorted(self.stopped.items())) or "none"
         return f"Using per-task ASHA ({len(self.per_task)} tasks); stopped early: {stopped}"
-
 
 
 def build_scheduler(spec: SearchSpec) -> TrialScheduler:

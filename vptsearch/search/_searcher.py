@@ -5,51 +5,98 @@ Why one Tuner for all tasks: a single Tune experiment gives one directory to ``T
 threads (Tune's controller and signal handling are main-thread code), and lets Ray pack the trials of
 all tasks onto the shared cluster. Each task keeps its *own* Optuna study and its own ASHA brackets
 (:mod:`vptsearch.search._scheduler`), so tasks never compete inside one model or one rung.
+
+The task searcher drives its study through Optuna's public ask/tell interface; the launch's journal
+is :mod:`vptsearch.search._journal`, TPE's window over a long study :mod:`vptsearch.search._tpe`.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import copy
-import functools
-import json
 import logging
-import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from vptsearch._hashing import sha256_bytes
+from vptsearch.search._journal import WorkingCopyJournalStorage, journal_batch, journal_storage, load_studies
 from vptsearch.search._state import DriverStateMixin
+from vptsearch.search._tpe import WindowedTPESampler, _study_gamma
 from vptsearch.search._warm_start import ATTR as WARM_START_ATTR
 from vptsearch.search._warm_start import WarmStart
-from vptsearch.spec import SearchSpec, define_by_run
+from vptsearch.spec import SearchSpec, define_by_run, grid_configs
+
+# WindowedTPESampler, WorkingCopyJournalStorage and _study_gamma live in _tpe and _journal; searcher
+# snapshots saved before those modules existed name them here, and importing them here keeps such
+# a launch resumable (pickle looks them up in this module).
+__all__ = [
+    "METRIC", "MODE", "TIME_ATTR", "MultiTaskSearcher", "PruneAwareOptunaSearch", "WindowedTPESampler",
+    "WorkingCopyJournalStorage", "_study_gamma", "build_searcher", "journal_storage", "load_studies",
+    "make_task_searcher", "task_seed", "trial_status",
+]
 
 logger = logging.getLogger(__name__)
 
 METRIC, MODE, TIME_ATTR = "val_acc", "max", "epoch"
 
 
-class PruneAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that tells Optuna the truth about trials that did not run the full budget.
+class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
+    """One task's Optuna study as a Tune searcher that tells Optuna the truth about trials that did
+    not run the full budget.
 
     Ray's ``OptunaSearch.on_trial_complete`` tells a scheduler-stopped trial as COMPLETE with its
     low-fidelity score, which poisons TPE (a trial pruned at epoch 2 competes with 100-epoch trials).
     Here a trial that ended before ``max_epochs`` is told PRUNED (Optuna then uses its last
     intermediate value at that step); a diverged trial is PRUNED too, tagged ``status=diverged``;
     an errored trial is FAIL. The status is stored as an Optuna user attribute.
+
+    The study is driven through Optuna's public ask/tell interface (``study.ask``, ``trial.report``,
+    ``study.tell``), as Ray's ``OptunaSearch`` drives a define-by-run space: one asked trial per
+    Tune trial, the configuration the values the space sampled (in sampling order) updated by the
+    dict it returns. The state is saved and restored as a whole (:class:`DriverStateMixin`).
     """
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        space: Callable[[Any], dict[str, Any] | None],
+        *,
+        metric: str,
+        mode: str,
+        sampler: optuna.samplers.BaseSampler,
+        study_name: str,
+        storage: BaseStorage | None,
+        max_epochs: int,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        # The names Ray's OptunaSearch gave the same state (this class subclassed it once): a searcher
+        # snapshot saved then restores into this class unchanged.
+        self._space = space
+        self._storage = storage  # None: the study's own in-memory storage
         self._max_epochs = max_epochs
+        self._ot_study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            pruner=optuna.pruners.NopPruner(),  # ASHA decides; Optuna only models the outcomes
+            study_name=study_name,
+            load_if_exists=True,  # --resume: the study of the journal
+            direction="minimize" if mode == "min" else "maximize",
+        )
+        self._ot_trials: dict[str, optuna.Trial] = {}  # Tune trial id -> its Optuna trial
+        self._completed_trials: set[str] = set()  # told to the study
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    @property
+    def storage(self) -> BaseStorage | None:
+        """The storage given to the study (None for the default in-memory one)."""
+        return self._storage
 
     def suggest(self, trial_id: str) -> dict | None:
         """A configuration not yet trained to the full budget.
@@ -60,28 +107,34 @@ class PruneAwareOptunaSearch(OptunaSearch):
         counts it) and the study is asked again; after ``MAX_DUPLICATE_ASKS`` duplicates in a row
         (the space is nearly exhausted) the duplicate runs.
         """
-        with journal_batch(self._ot_study):
+        with journal_batch(self._storage):
             return self._suggest_new(trial_id)
 
     def _suggest_new(self, trial_id: str) -> dict | None:
         known = self._completed_values()
         for _ in range(MAX_DUPLICATE_ASKS):
-            config = super().suggest(trial_id)
+            config = self._ask(trial_id)
             ot_trial = self._ot_trials[trial_id]
             key = _params_key(ot_trial.params)
             if key not in known:
                 return config
-            study: optuna.Study = self._ot_study  # type: ignore[assignment]
             ot_trial.set_user_attr("status", "duplicate")
-            study.tell(ot_trial, known[key], state=TrialState.COMPLETE)
+            self._ot_study.tell(ot_trial, known[key], state=TrialState.COMPLETE)
             del self._ot_trials[trial_id]
-        return super().suggest(trial_id)
+        return self._ask(trial_id)
+
+    def _ask(self, trial_id: str) -> dict[str, Any]:
+        """The configuration of ``trial_id``'s Optuna trial, asked for now if it has none yet."""
+        if trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = self._ot_study.ask()
+        sampled = _SampledValues(self._ot_trials[trial_id])
+        constants = self._space(sampled)
+        return {**sampled.values, **(constants or {})}
 
     def _completed_values(self) -> dict[tuple[Any, ...], float]:
-        study: optuna.Study = self._ot_study  # type: ignore[assignment]
         return {
             _params_key(t.params): float(t.value)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None
         }
 
@@ -91,22 +144,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
         return None if ot_trial is None else ot_trial.user_attrs.get(name)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self._metric not in result:
+        if trial_id in self._completed_trials or self.metric not in result:
             return
-        with journal_batch(self._ot_study):
+        with journal_batch(self._storage):
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict) -> None:
         ot_trial = self._ot_trials[trial_id]
         step = int(result.get(TIME_ATTR, result.get("training_iteration", 0)))
         # Optuna keeps one value per step; a resumed trial may re-send a step it already reported.
-        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
-            ot_trial.report(float(result[self._metric]), step)
+        if step not in _stored(self._ot_study, ot_trial).intermediate_values:
+            ot_trial.report(float(result[self.metric]), step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        with journal_batch(self._ot_study):
+        with journal_batch(self._storage):
             self._tell(trial_id, result, error)
 
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
@@ -114,21 +167,48 @@ class PruneAwareOptunaSearch(OptunaSearch):
         status = trial_status(result, self._max_epochs, error)
         try:
             ot_trial.set_user_attr("status", status)
-            if result and self._metric in result:
+            if result and self.metric in result:
                 self.on_trial_result(trial_id, result)
-            study: optuna.Study = self._ot_study  # type: ignore[assignment]  # set up in __init__
             if status == "completed" and result is not None:
-                study.tell(ot_trial, float(result[self._metric]), state=TrialState.COMPLETE)
+                self._ot_study.tell(ot_trial, float(result[self.metric]), state=TrialState.COMPLETE)
             elif status in ("pruned", "diverged"):
-                study.tell(ot_trial, state=TrialState.PRUNED)
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
-                study.tell(ot_trial, state=TrialState.FAIL)
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         except (RuntimeError, ValueError) as exc:  # already finished in the journal before a restore
             logger.warning("optuna: trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
 
 
 MAX_DUPLICATE_ASKS = 20
+
+
+class _SampledValues:
+    """The trial as the space sees it: every ``suggest_*`` value is also kept by its name, in
+    sampling order (what Ray's ``OptunaSearch`` puts first in a define-by-run configuration)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self._trial = trial
+        self.values: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._trial, name)
+        if not (name.startswith("suggest_") and callable(attr)):
+            return attr
+
+        def suggest(*args: Any, **kwargs: Any) -> Any:
+            value = attr(*args, **kwargs)
+            self.values[kwargs["name"] if "name" in kwargs else args[0]] = value
+            return value
+
+        return suggest
+
+
+def _stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """``trial`` as its storage holds it now (a restored searcher's trial caches an older copy)."""
+    storage = trial.storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
 
 
 def _params_key(params: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -147,6 +227,7 @@ def trial_status(result: Mapping[str, Any] | None, max_epochs: int, error: bool 
     return "completed" if int(result.get(TIME_ATTR, 0)) >= max_epochs else "pruned"
 
 
+
 def make_task_searcher(
     spec: SearchSpec, task: str, journal: str | Path | JournalStorage | None = None
 ) -> PruneAwareOptunaSearch:
@@ -158,7 +239,7 @@ def make_task_searcher(
     after the launch (``optuna.load_study``, optuna-dashboard) and survives a restore.
     """
     s = spec.search
-    seed = s.seed + sum(map(ord, task))  # distinct but reproducible streams per task
+    seed = task_seed(s.seed, task)
     if s.algorithm == "tpe":
         with warnings.catch_warnings():  # multivariate/group are "experimental" but long-standing
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -172,7 +253,7 @@ def make_task_searcher(
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     return PruneAwareOptunaSearch(
-        space=define_by_run(spec),
+        define_by_run(spec),
         metric=METRIC,
         mode=MODE,
         sampler=sampler,
@@ -182,267 +263,21 @@ def make_task_searcher(
     )
 
 
-# TPE's view of a long study (see WindowedTPESampler): its best completed and pruned trials and a
-# sample of the others, TPE_WINDOW finished trials in all (running ones come on top).
-TPE_WINDOW, TPE_WINDOW_BEST = 150, 25
+def task_seed(seed: int, task: str) -> int:
+    """The sampler seed of ``task`` in a launch seeded ``seed``: 32 bits of a hash of both.
 
-
-class WindowedTPESampler(optuna.samplers.TPESampler):
-    """TPE that models at most ``TPE_WINDOW`` finished trials of a long study.
-
-    Every TPE ask walks the whole study several times in Python (search-space groups, the
-    good/bad split, the Parzen estimators): measured here ~2 ms per ask at 100 trials, ~10 ms at
-    400 and ~20 ms at 800, so a 500-trial-per-task launch spent most of its driver time in it.
-    Beyond ``TPE_WINDOW`` finished trials the sampler sees the ``TPE_WINDOW_BEST`` best completed
-    trials, as many best pruned ones (deepest rung first, Optuna's own order), an evenly spaced
-    sample of all the others (the newest included) up to the window, and the running trials (the
-    constant liar); TPE's good set keeps the size it has for the whole study
-    (``min(ceil(n / 10), 25)`` of all ``n`` trials). So the good set is the very one of the whole
-    study (its best trials are all in the window) and the bad density is fit to a sample spread
-    like the whole history. Both halves matter, as measured (400 trials of a noisy 4-parameter
-    objective with half the trials pruned, 8 seeds, true value of the best completed trial, 1.0 at
-    the optimum): full TPE 0.971 on average; this window 0.969; the same window with the good set
-    sized for the window 0.931; the most recent trials instead of a spread sample, good set sized
-    for the window, 0.906 (5 seeds; the recent trials crowd the good region, so the bad density
-    rises there too). A study of up to ``TPE_WINDOW``
-    finished trials is sampled exactly as by ``TPESampler`` (the shipped spaces run 8-150 trials
-    per task).
-
-    The window is chosen once per asked trial (all its sampler calls see the same trials) and its
-    best lists grow incrementally (a finished trial never changes), so choosing it stays cheap.
+    Each (seed, task) pair gets its own stream. The sum of the name's character codes added to the
+    seed, used before, gave anagrams one stream, and across search seeds (benchmarks run several)
+    any two names whose sums differ by less than the seed range (fgvc/stanford_cars at seed s+4
+    and fgvc/stanford_dogs at seed s).
     """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._reset_window()
-
-    def _reset_window(self) -> None:
-        self._best = _Best()
-        self._view: tuple[tuple[int, int], _WindowedStudy] | None = None  # (study id, trial number)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # derived from the study, which a restore replays anyway: not saved with the searcher state
-        return {k: v for k, v in self.__dict__.items() if k not in ("_best", "_view")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset_window()
-
-    def _windowed(self, study: optuna.Study, trial: Any) -> optuna.Study:
-        key = (study._study_id, trial.number)
-        if self._view is None or self._view[0] != key:
-            trials = study._get_trials(deepcopy=False, use_cache=False)
-            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            self._view = key, _WindowedStudy(study, self._best.window(trials, maximize))
-            # TPE's good set as large as for the whole study (its size grows with the study)
-            modelled = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-            self._gamma = functools.partial(_study_gamma, modelled)
-        # a stand-in with the Study's interface (everything but _get_trials is the study's own)
-        return self._view[1]  # type: ignore[return-value]
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
-        return super().infer_relative_search_space(self._windowed(study, trial), trial)
-
-    def sample_relative(self, study: optuna.Study, trial: Any, space: dict[str, Any]) -> dict[str, Any]:
-        return super().sample_relative(self._windowed(study, trial), trial, space)
-
-    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, distribution: Any) -> Any:
-        return super().sample_independent(self._windowed(study, trial), trial, param_name, distribution)
-
-
-class _WindowedStudy:
-    """``study`` as the sampler sees it: ``_get_trials`` filters the window, all else is the study."""
-
-    def __init__(self, study: optuna.Study, trials: list[Any]) -> None:
-        self._study = study
-        self._trials = trials
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = False, states: Any = None, use_cache: bool = False) -> list[Any]:
-        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
-        return copy.deepcopy(trials) if deepcopy else trials
-
-
-class _Best:
-    """The best completed and pruned trials of one study seen so far, kept as it grows."""
-
-    def __init__(self) -> None:
-        self.seen: set[int] = set()  # numbers of the finished trials already ranked
-        self.complete: list[tuple[tuple[float, ...], int]] = []  # (rank key, number), best first
-        self.pruned: list[tuple[tuple[float, ...], int]] = []
-
-    def window(self, trials: list[Any], maximize: bool) -> list[Any]:
-        """The trials TPE models (see :class:`WindowedTPESampler`), in their original order."""
-        finished = [t for t in trials if t.state.is_finished()]
-        modelled = [t for t in finished if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        if len(modelled) <= TPE_WINDOW:
-            return trials
-        sign = -1.0 if maximize else 1.0
-        for t in modelled:
-            if t.number not in self.seen:
-                self.seen.add(t.number)
-                self._rank(t, sign)
-        keep = {n for _, n in self.complete} | {n for _, n in self.pruned}
-        rest = [t.number for t in modelled if t.number not in keep]
-        room = max(TPE_WINDOW - len(keep), 0)
-        if rest and room:
-            step = len(rest) / room
-            keep.update(rest[len(rest) - 1 - int(i * step)] for i in range(min(room, len(rest))))
-        return [t for t in trials if t.number in keep or not t.state.is_finished()]
-
-    def _rank(self, trial: Any, sign: float) -> None:
-        key: tuple[float, ...]
-        if trial.state == TrialState.COMPLETE and trial.value is not None:
-            ranked, key = self.complete, (sign * float(trial.value),)
-        elif trial.state == TrialState.PRUNED:
-            ranked, key = self.pruned, _pruned_rank(trial, sign)
-        else:
-            return
-        bisect.insort(ranked, (key, trial.number))
-        del ranked[TPE_WINDOW_BEST:]
-
-
-def _study_gamma(modelled: int, _window_n: int) -> int:
-    from optuna.samplers._tpe.sampler import default_gamma
-
-    return default_gamma(modelled)
-
-
-def _pruned_rank(trial: Any, sign: float) -> tuple[float, float]:
-    """Optuna TPE's order of pruned trials: the deepest step first, then the best value there."""
-    if not trial.intermediate_values:
-        return (1.0, 0.0)
-    step, value = max(trial.intermediate_values.items())
-    return (-step, sign * value if value == value else float("inf"))  # NaN last
+    return int(sha256_bytes(f"{seed}/{task}".encode())[:8], 16)
 
 
 def _launch_storage(journal: str | Path | JournalStorage | None) -> JournalStorage | None:
     if journal is None or isinstance(journal, JournalStorage):
         return journal
     return WorkingCopyJournalStorage(journal)
-
-
-def journal_storage(path: str | Path) -> Any:
-    """A plain Optuna journal storage: re-reads the file on every access (right for readers of a
-    journal that another process may be writing: warm start, inspection)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-class WorkingCopyJournalStorage(JournalStorage):
-    """The launch's own journal: the in-memory replay is the working copy, the file the durable log.
-
-    Optuna's ``JournalStorage`` over a file re-reads the file on every read and takes a file lock,
-    writes and fsyncs once per record (a trial writes ~16: its params, intermediate values,
-    attributes, state); measured over 400 trials that was 3/4 of the searcher's time. Here, as the
-    launch is the journal's only writer:
-
-    - a read is served from memory; the file is replayed only into an empty working copy (first
-      use, or after unpickling on a restore) or when it grew by bytes another writer appended;
-    - a write applies its record to memory (JSON round-tripped, exactly as a replay decodes it) and
-      appends it without fsync; inside :meth:`batch` the records of one searcher call are appended
-      together at its end, in one write;
-    - :meth:`sync` fsyncs; the searcher calls it before Tune saves its state, so the journal on disk
-      is never older than a searcher snapshot that refers to its trials.
-
-    Every record reaches the OS before the searcher call that wrote it returns, so a killed driver
-    (Ctrl-C, SIGKILL) loses nothing; a machine crash can lose the records since the last sync, those
-    of trials the restored snapshot does not know (Tune runs them again). The file format is
-    Optuna's: ``load_studies``, ``--resume`` and optuna-dashboard replay it unchanged. A record
-    another process appends while this one has records in flight would make the in-memory trial
-    ids differ from the file's; that raises instead of diverging silently.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        from optuna.storages.journal import JournalFileBackend
-
-        self._path = str(path)
-        self._replayed_size = 0  # bytes of the file that are in the in-memory replay
-        self._pending: list[bytes] | None = None  # records of the open batch, not yet appended
-        self._file: BinaryIO | None = None
-        super().__init__(JournalFileBackend(self._path))
-
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        state.pop("_file", None)
-        return state
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        super().__setstate__(state)  # a fresh, empty replay: the next access reads the whole file
-        self._replayed_size = 0
-        self._pending = None
-        self._file = None
-
-    def _sync_with_backend(self) -> None:
-        size = os.stat(self._path).st_size
-        if size != self._replayed_size:  # the file on a first use or restore, or another writer
-            if self._pending:
-                raise self._foreign_writer()
-            super()._sync_with_backend()
-            self._replayed_size = size
-
-    def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
-        log = {"op_code": op_code, "worker_id": self._replay_result.worker_id, **extra_fields}
-        line = (json.dumps(log, separators=(",", ":")) + "\n").encode()
-        if self._pending is None:
-            self._append(line)
-        else:
-            self._pending.append(line)
-        self._replay_result.apply_logs([json.loads(line)])
-
-    def _append(self, data: bytes) -> None:
-        # No Optuna file lock: its symlink + unlink cost ~3 ms per append here (two metadata
-        # operations on the run dir's disk), and a launch's journal has one writer (the run dir is
-        # claimed atomically); a write by anyone else shows as bytes we did not write.
-        if self._file is None:
-            self._file = open(self._path, "ab")  # noqa: SIM115  # kept open: one write per call
-        if os.fstat(self._file.fileno()).st_size != self._replayed_size:
-            raise self._foreign_writer()
-        self._file.write(data)
-        self._file.flush()  # to the OS now: a killed driver loses nothing
-        self._replayed_size += len(data)
-
-    def _foreign_writer(self) -> RuntimeError:
-        return RuntimeError(f"{self._path}: another process appended to this launch's Optuna journal")
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Append the records written inside the block in one write at its end (also on an error:
-        memory already holds them)."""
-        if self._pending is not None:  # nested: the outer batch appends
-            yield
-            return
-        self._pending = []
-        try:
-            yield
-        finally:
-            pending, self._pending = self._pending, None
-            if pending:
-                self._append(b"".join(pending))
-
-    def sync(self) -> None:
-        """fsync the journal: what is in memory is on disk."""
-        if self._file is not None:
-            os.fsync(self._file.fileno())
-
-
-def journal_batch(study: optuna.Study | None) -> contextlib.AbstractContextManager[None]:
-    """``study``'s :meth:`WorkingCopyJournalStorage.batch`, or nothing for other storages."""
-    storage = getattr(study, "_storage", None)
-    return storage.batch() if isinstance(storage, WorkingCopyJournalStorage) else contextlib.nullcontext()
-
-
-def load_studies(journal: str | Path) -> dict[str, optuna.Study]:
-    """The per-task Optuna studies of a launch (``<run_dir>/optuna.journal``)."""
-    storage = journal_storage(journal)
-    return {
-        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-        for s in optuna.get_all_study_summaries(storage)
-    }
 
 
 class MultiTaskSearcher(DriverStateMixin, Searcher):
@@ -519,11 +354,12 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
             self.searchers[task].on_trial_complete(trial_id, result=result, error=error)
 
     def studies(self) -> dict[str, optuna.Study]:
-        return {t: s._ot_study for t, s in self.searchers.items() if isinstance(s, OptunaSearch)}  # type: ignore[misc]
+        return {t: s.study for t, s in self.searchers.items() if isinstance(s, PruneAwareOptunaSearch)}
 
     def save(self, checkpoint_path: str) -> None:
         # the journal first: a saved searcher state must never name trials the journal lacks
-        for storage in {id(st._storage): st._storage for st in self.studies().values()}.values():
+        storages = [s.storage for s in self.searchers.values() if isinstance(s, PruneAwareOptunaSearch)]
+        for storage in {id(st): st for st in storages}.values():
             if isinstance(storage, WorkingCopyJournalStorage):
                 storage.sync()
         super().save(checkpoint_path)
@@ -533,8 +369,6 @@ def build_searcher(
     spec: SearchSpec, tasks: list[str], journal: str | Path | None = None
 ) -> MultiTaskSearcher:
     """The searcher of a launch: per-task Optuna (tpe | random) or the grid of every combination."""
-    from vptsearch.spec import grid_configs
-
     if spec.search.algorithm == "grid":
         grid = grid_configs(spec)
         if spec.smoke:

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from vptsearch._errors import ConfigError
+from vptsearch.search._journal import load_studies
 from vptsearch.spec import Param, SearchSpec, same_value, warm_start_journal
 
 ATTR = "vptsearch.warm_start"
@@ -51,8 +52,6 @@ class WarmStart:
         self.earlier: Candidates | None = None if self.mode == "launch" else self._load_earlier()
 
     def _load_earlier(self) -> Candidates:
-        from vptsearch.search._searcher import load_studies
-
         journal = warm_start_journal(self.mode)
         if journal is None:
             raise ConfigError(f"search.warm_start: no optuna.journal in {self.mode!r}")

@@ -1,0 +1,140 @@
+"""The Ray Tune and Optuna internals vptsearch relies on, each in one place with the version it targets.
+
+The rest of the search engine uses public APIs only (Optuna's ``ask``/``tell``, ``Trial.report``,
+``enqueue_trial``, the storages' public methods; Tune's ``Searcher`` and ``TrialScheduler``). What is
+here has no public equivalent. Each item names the versions it was written against (the pins of
+``constraints.txt``: Ray 2.60, Optuna 5.0) and why it exists; :func:`missing_internals` lists what an
+installed version lacks, and ``tests/search/test_compat.py`` fails with that list (and checks that
+the hooks are still called) when an upgrade moves one of them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from ray.tune.schedulers import ASHAScheduler
+
+
+# --- Ray Tune 2.60: ASHAScheduler's trial -> bracket map -------------------------------------------
+def asha_tracks(asha: ASHAScheduler, trial_id: str) -> bool:
+    """Whether ``asha`` holds ``trial_id`` in one of its brackets.
+
+    Why: ASHA's ``on_trial_result``, ``on_trial_complete`` and ``on_trial_remove`` raise ``KeyError``
+    for a trial it was never given (a trial of a restored launch, an errored one already removed),
+    and Tune has no public way to ask. Ray 2.60: ``ASHAScheduler._trial_info``, trial id -> bracket.
+    """
+    return trial_id in asha._trial_info
+
+
+# --- Optuna 5.0: JournalStorage's read and write paths ---------------------------------------------
+class JournalStorageHooks(JournalStorage):
+    """Optuna's ``JournalStorage`` with its two private choke points given names of our own.
+
+    Why: the launch's journal keeps its replay in memory and appends records in batches
+    (:class:`vptsearch.search._journal.WorkingCopyJournalStorage`, measured 3/4 of the searcher's
+    time otherwise); that needs the storage's read and write paths. Optuna 5.0: every storage method
+    calls ``_sync_with_backend()`` (replay what the backend gained) before it reads or writes, every
+    write goes through ``_write_log(op_code, extra_fields)``, and the in-memory replay is
+    ``_replay_result`` (``apply_logs``, ``worker_id``). The defaults here are Optuna's own behaviour.
+    """
+
+    def _sync_with_backend(self) -> None:
+        self.before_access()
+
+    def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
+        self.write_record({"op_code": op_code, "worker_id": self._replay_result.worker_id, **extra_fields})
+
+    def before_access(self) -> None:
+        """Called before every storage read or write (Optuna's own: :meth:`replay_backend`)."""
+        self.replay_backend()
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Called with every journal record a write produces (Optuna's own: append it to the file)."""
+        self._backend.append_logs([record])
+
+    def replay_backend(self) -> None:
+        """Apply the records of the backend that the in-memory replay has not seen yet."""
+        JournalStorage._sync_with_backend(self)
+
+    def apply_to_replay(self, record: dict[str, Any]) -> None:
+        """Apply one record to the in-memory replay only (the caller writes it to the file)."""
+        self._replay_result.apply_logs([record])
+
+
+# --- Optuna 5.0: how TPESampler reads a study, and its good-set size -------------------------------
+class StudyView:
+    """``study`` with the trials its sampler reads replaced by ``trials``; all else is the study's own.
+
+    Why: :class:`vptsearch.search._tpe.WindowedTPESampler` fits TPE to a window of a long study.
+    Optuna 5.0: ``TPESampler`` and the search spaces it infers (``_GroupDecomposedSearchSpace``,
+    ``IntersectionSearchSpace``) read trials only through the private
+    ``Study._get_trials(deepcopy, states, use_cache)``, the one method replaced here.
+    """
+
+    def __init__(self, study: optuna.Study, trials: list[Any]) -> None:
+        self._study = study
+        self._trials = trials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = False, states: Any = None, use_cache: bool = False) -> list[Any]:
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+
+def set_tpe_gamma(sampler: optuna.samplers.TPESampler, gamma: Callable[[int], int]) -> None:
+    """Set the size of TPE's good set as a function of the number of trials it models.
+
+    Why: the window models fewer trials than the study has, but its good set must keep the whole
+    study's size. Optuna 5.0: ``TPESampler._gamma`` (the public ``gamma`` argument is deprecated
+    since 4.9 and goes in 6.0, and is fixed at construction).
+    """
+    sampler._gamma = gamma
+
+
+def tpe_default_gamma(n: int) -> int:
+    """Optuna's default good-set size for ``n`` modelled trials (``min(ceil(n / 10), 25)``).
+
+    Optuna 5.0: ``optuna.samplers._tpe.sampler.default_gamma`` (not exported).
+    """
+    from optuna.samplers._tpe.sampler import default_gamma
+
+    return int(default_gamma(n))
+
+
+# --- the list the test checks ----------------------------------------------------------------------
+def missing_internals() -> list[str]:
+    """The internals above that the installed Ray/Optuna lack (empty when all are there)."""
+    import os
+    import tempfile
+
+    from optuna.samplers._tpe import sampler as tpe_module
+    from optuna.storages.journal import JournalFileBackend
+
+    with tempfile.TemporaryDirectory() as d:
+        journal = JournalStorage(JournalFileBackend(os.path.join(d, "probe.journal")))
+        probes: list[tuple[str, object, str]] = [  # (what is probed, the object, its attribute path)
+            ("ray.tune.schedulers.ASHAScheduler()", ASHAScheduler(), "_trial_info"),
+            ("optuna.storages.JournalStorage(...)", journal, "_sync_with_backend"),
+            ("optuna.storages.JournalStorage(...)", journal, "_write_log"),
+            ("optuna.storages.JournalStorage(...)", journal, "_backend.append_logs"),
+            ("optuna.storages.JournalStorage(...)", journal, "_replay_result.apply_logs"),
+            ("optuna.storages.JournalStorage(...)", journal, "_replay_result.worker_id"),
+            ("optuna.Study", optuna.Study, "_get_trials"),
+            ("optuna.samplers.TPESampler()", optuna.samplers.TPESampler(), "_gamma"),
+            ("optuna.samplers._tpe.sampler", tpe_module, "default_gamma"),
+        ]
+        return [f"{owner}.{path}" for owner, obj, path in probes if not _has(obj, path)]
+
+
+def _has(obj: object, path: str) -> bool:
+    for name in path.split("."):
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True

@@ -107,12 +107,65 @@ def tpe_default_gamma(n: int) -> int:
     return int(default_gamma(n))
 
 
+# --- Ray 2.60: the driver's node, and the Prometheus discovery file's name -------------------------
+def joined_cluster() -> bool:
+    """Whether this driver joined a running cluster (``ray.init`` made no head node of its own).
+
+    Why: the launch banner says where the dashboard token comes from, which differs for a local Ray
+    and a joined cluster; Ray has no public "am I the head" call. Ray 2.60: ``ray._private.worker.
+    _global_node`` is the driver's node, ``.head`` true when this process started it.
+    """
+    import ray._private.worker as worker
+
+    node = getattr(worker, "_global_node", None)
+    return node is not None and not getattr(node, "head", True)
+
+
+def token_auth_enabled() -> bool:
+    """Whether this process's Ray uses token authentication (after ``ray.init`` set it up).
+
+    Why: the launch banner tells the user how to get past the dashboard's token dialog only when
+    there is one. Ray 2.60: ``ray._raylet.get_authentication_mode``; a Ray without token auth: False.
+    """
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return False
+    return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
+
+
+def default_ray_temp_dir() -> str:
+    """Ray's temp dir (``$RAY_TMPDIR``/ray, else /tmp/ray), where the metrics discovery link lives.
+
+    Why: Ray computes it in a private helper. Ray 2.60: ``ray._common.utils.get_default_ray_temp_dir``;
+    another layout falls back to Ray's documented default.
+    """
+    try:
+        from ray._common.utils import get_default_ray_temp_dir
+    except ImportError:
+        return "/tmp/ray"
+    return str(get_default_ray_temp_dir())
+
+
+def prometheus_discovery_file_name() -> str:
+    """The name of the file in Ray's temp dir that lists the metrics export targets.
+
+    Why: ``vptsearch monitor`` points a local Prometheus at it; Ray documents the file but exports its
+    name only as a private constant. Ray 2.60: ``ray._private.ray_constants``.
+    """
+    from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
+
+    return str(PROMETHEUS_SERVICE_DISCOVERY_FILE)
+
+
 # --- the list the test checks ----------------------------------------------------------------------
 def missing_internals() -> list[str]:
     """The internals above that the installed Ray/Optuna lack (empty when all are there)."""
     import os
     import tempfile
 
+    import ray._private.ray_constants as ray_constants
+    import ray._private.worker as ray_worker
     from optuna.samplers._tpe import sampler as tpe_module
     from optuna.storages.journal import JournalFileBackend
 
@@ -128,6 +181,8 @@ def missing_internals() -> list[str]:
             ("optuna.Study", optuna.Study, "_get_trials"),
             ("optuna.samplers.TPESampler()", optuna.samplers.TPESampler(), "_gamma"),
             ("optuna.samplers._tpe.sampler", tpe_module, "default_gamma"),
+            ("ray._private.worker", ray_worker, "_global_node"),
+            ("ray._private.ray_constants", ray_constants, "PROMETHEUS_SERVICE_DISCOVERY_FILE"),
         ]
         return [f"{owner}.{path}" for owner, obj, path in probes if not _has(obj, path)]
 

@@ -47,12 +47,9 @@ RAY_DASHBOARDS = ("default", "serve", "serve_deployment", "serve_llm", "serve_ll
 # --- the dashboard's token ------------------------------------------------------------------------
 def token_auth_enabled() -> bool:
     """Whether this process's Ray uses token authentication (after ``ray.init`` set it up)."""
-    try:
-        from ray._raylet import AuthenticationMode, get_authentication_mode  # type: ignore[attr-defined]
+    from vptsearch.search._compat import token_auth_enabled as ask_ray  # Ray internals live there
 
-        return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
-    except (ImportError, AttributeError):  # a Ray without token auth
-        return False
+    return ask_ray()
 
 
 def token_source() -> str:
@@ -66,10 +63,9 @@ def token_source() -> str:
 
 def joined_cluster() -> bool:
     """Whether this driver joined a running cluster (``ray.init`` made no head node of its own)."""
-    import ray._private.worker as worker
+    from vptsearch.search._compat import joined_cluster as ask_ray  # Ray internals live there
 
-    node = getattr(worker, "_global_node", None)
-    return node is not None and not getattr(node, "head", True)
+    return ask_ray()
 
 
 def token_hint(joined: bool | None = None) -> str:
@@ -93,18 +89,15 @@ def ray_temp_dir(path: str | Path | None = None) -> Path:
     """Ray's temp dir (``$RAY_TMPDIR``/ray, else /tmp/ray), where the discovery link lives."""
     if path is not None:
         return Path(path)
-    try:
-        from ray._common.utils import get_default_ray_temp_dir
+    from vptsearch.search._compat import default_ray_temp_dir  # Ray internals live there
 
-        return Path(get_default_ray_temp_dir())
-    except ImportError:  # another Ray layout: Ray's documented default
-        return Path("/tmp/ray")
+    return Path(default_ray_temp_dir())
 
 
 def discovery_file(temp_dir: str | Path | None = None) -> Path:
-    from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
+    from vptsearch.search._compat import prometheus_discovery_file_name  # Ray internals live there
 
-    return ray_temp_dir(temp_dir) / PROMETHEUS_SERVICE_DISCOVERY_FILE
+    return ray_temp_dir(temp_dir) / prometheus_discovery_file_name()
 
 
 def prometheus_config(

@@ -13,11 +13,14 @@ Only Tune's files move: the driver's own small files (``spec.yaml``, ``results.j
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from pyarrow import fs as pafs
 
 from vptsearch._errors import ConfigError
 from vptsearch._net import unreachable
@@ -35,7 +38,6 @@ class Storage:
     path: str  # the path inside ``fs`` (bucket/prefix for S3)
     fs: Any = None  # pyarrow.fs.FileSystem
     shared: bool = False  # every node of the cluster sees it
-    explicit: bool = True  # False: the default <run dir>/ray
 
     @property
     def remote(self) -> bool:
@@ -45,7 +47,7 @@ class Storage:
         """The same storage, one level (or more) further down."""
         path = "/".join([self.path.rstrip("/"), *parts])
         uri = "/".join([self.uri.rstrip("/"), *parts])
-        return Storage(uri, path, self.fs, self.shared, self.explicit)
+        return Storage(uri, path, self.fs, self.shared)
 
 
 def is_uri(location: str | os.PathLike[str]) -> bool:
@@ -68,19 +70,17 @@ def s3_filesystem() -> Any:
     Credentials and region come from the usual AWS variables / files (pyarrow's default chain);
     the filesystem is pickled to the trial workers by Tune, which resolve credentials the same way.
     """
-    from pyarrow import fs
-
     endpoint = s3_endpoint()
     kwargs: dict[str, Any] = {
         "connect_timeout": 5,
         "request_timeout": 30,
-        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=3),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
     }
     if endpoint:
         parsed = endpoint[1]
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
         kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return fs.S3FileSystem(**kwargs)
+    return pafs.S3FileSystem(**kwargs)
 
 
 def filesystem(uri: str) -> tuple[Any, str]:
@@ -93,10 +93,8 @@ def filesystem(uri: str) -> tuple[Any, str]:
             raise ConfigError(f"storage {uri!r}: expected s3://BUCKET/PREFIX")
         return s3_filesystem(), f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme in OTHER_SCHEMES:
-        from pyarrow import fs
-
         try:
-            return fs.FileSystem.from_uri(uri)
+            return pafs.FileSystem.from_uri(uri)
         except Exception as exc:  # pyarrow raises ArrowInvalid/OSError/... per filesystem
             raise ConfigError(f"storage {uri!r}: {str(exc).splitlines()[0]}") from None
     raise ConfigError(
@@ -110,8 +108,6 @@ def with_storage(spec: Any, flag: str | None) -> Any:
 
     Local paths become absolute, so the saved spec (and ``--resume``) finds the same folder.
     """
-    import dataclasses
-
     uri = flag or os.environ.get(ENV) or spec.storage.path
     if not uri:
         return spec
@@ -125,7 +121,7 @@ def launch_storage(spec: Any, run_dir: Path) -> Storage:
     ``<run dir>/ray`` (local, not shared)."""
     if not spec.storage.path:
         local = str(Path(run_dir).resolve() / "ray")
-        return Storage(local, local, None, shared=False, explicit=False)
+        return Storage(local, local, None, shared=False)
     fs, path = filesystem(spec.storage.path)
     root = Storage(spec.storage.path, path, fs, shared=fs is not None or bool(spec.storage.shared))
     return root.child(spec.name, Path(run_dir).name)
@@ -139,8 +135,6 @@ def check_storage(store: Storage) -> None:
         except OSError as exc:
             raise ConfigError(f"storage {store.uri!r}: cannot create it ({exc.strerror})") from None
         return
-    from pyarrow import fs
-
     endpoint = s3_endpoint()
     if endpoint and urlparse(store.uri).scheme == "s3":
         parsed = endpoint[1]
@@ -153,14 +147,12 @@ def check_storage(store: Storage) -> None:
         info = store.fs.get_file_info(bucket)  # one request: credentials, endpoint and bucket
     except OSError as exc:
         raise ConfigError(f"storage {store.uri!r}: {str(exc).splitlines()[0]}") from None
-    if info.type == fs.FileType.NotFound:
+    if info.type == pafs.FileType.NotFound:
         raise ConfigError(f"storage {store.uri!r}: bucket {bucket!r} does not exist; create it first")
 
 
 def upload(local_dir: str | Path, uri: str) -> str:
     """Copy a local folder to ``uri`` (an s3:// or other pyarrow URI); returns ``uri``."""
-    from pyarrow import fs as pafs
-
     fs, path = filesystem(uri)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(),

@@ -13,13 +13,23 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vptsearch._errors import ConfigError, DataError
+import ray
+import timm
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from vptsearch._errors import ConfigError, DataError
+from vptsearch.data import get_task, read_manifest
+from vptsearch.data._tasks import hint_for
+from vptsearch.models.backbones import Backbone
+
+log = logging.getLogger(__name__)
 _CACHE: OrderedDict[str, Any] = OrderedDict()  # object ref hex -> Backbone, per worker process
 _CACHE_SIZE = 2
 _LOCK = threading.Lock()
@@ -40,8 +50,6 @@ class SharedBackbone:
 
     def get(self) -> Any:
         """The :class:`~vptsearch.models.Backbone`, fetched and built once per process."""
-        import ray
-
         key = self.ref.hex()
         with _LOCK:
             if key in _CACHE:
@@ -58,8 +66,6 @@ class SharedBackbone:
 
 def share_backbone(backbone: Any) -> SharedBackbone:
     """Put ``backbone``'s weights and card into the object store once (the driver calls this)."""
-    import ray
-
     card = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone) if f.name != "model"}
     state = {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()}
     return SharedBackbone(ray.put({"card": card, "state": state}), backbone.sha256)
@@ -67,10 +73,6 @@ def share_backbone(backbone: Any) -> SharedBackbone:
 
 def build_backbone(card: dict[str, Any], state: dict[str, Any]) -> Any:
     """A frozen eval-mode timm ViT from an architecture card and its state dict (no file read)."""
-    import timm
-
-    from vptsearch.models.backbones import Backbone
-
     kwargs = {k: v for k, v in card["model_kwargs"].items() if k != "num_classes"}
     model = timm.create_model(card["architecture"], pretrained=False, num_classes=0, **kwargs)
     model.load_state_dict(state, strict=True)
@@ -79,8 +81,6 @@ def build_backbone(card: dict[str, Any], state: dict[str, Any]) -> Any:
 
 # --- multi-node preflight -------------------------------------------------------------------------
 def alive_nodes() -> list[dict[str, Any]]:
-    import ray
-
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
@@ -106,8 +106,6 @@ def check_shared_storage(store: Any, n_nodes: int) -> None:
 
 def _missing_tasks(tasks: list[str], root: str) -> list[str]:
     """Runs on a node: the tasks whose manifest is not readable under ``root`` there."""
-    from vptsearch.data import read_manifest
-
     missing = []
     for task in tasks:
         try:
@@ -119,12 +117,6 @@ def _missing_tasks(tasks: list[str], root: str) -> list[str]:
 
 def check_nodes_data(tasks: list[str], root: str, nodes: list[dict[str, Any]], timeout: float = 60.0) -> None:
     """Every node must read every task's manifest under ``root`` (one zero-CPU task per node)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from vptsearch.data import get_task
-    from vptsearch.data._tasks import hint_for
-
     probe = ray.remote(num_cpus=0, max_retries=0)(_missing_tasks)
     refs = {
         probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
@@ -147,8 +139,11 @@ def check_nodes_data(tasks: list[str], root: str, nodes: list[dict[str, Any]], t
             )
 
 
-def preflight(spec: Any, store: Any, tasks: list[str], say: Any = print) -> int:
-    """Multi-node checks (storage shared, data on every trial node); returns the alive node count."""
+def preflight(spec: Any, store: Any, tasks: list[str], say: Callable[[str], None] | None = None) -> int:
+    """Multi-node checks (storage shared, data on every trial node); returns the alive node count.
+
+    ``say``: where the cluster line goes (default: this module's logger, INFO)."""
+    say = say or log.info
     nodes = alive_nodes()
     if len(nodes) <= 1:
         return len(nodes)

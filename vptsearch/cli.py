@@ -3,14 +3,19 @@
 Each subsystem adds its own sub-commands through an ``add_commands(subparsers)`` function in a
 private ``_cli`` module, so this file never grows with the features. Every command sets
 ``func`` (called with the parsed namespace, returns an exit code).
+
+The library reports progress through the ``vptsearch`` loggers; while a command runs, their
+records are the command's output lines (INFO on stdout, warnings on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from vptsearch._errors import VptsearchError
 
@@ -40,6 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LineHandler(logging.Handler):
+    """A record as one plain line: INFO and below on stdout (the progress lines a launch or an
+    export prints), warnings and errors on stderr (as Python's last-resort handler shows them).
+    The streams are looked up per line, so a redirected ``sys.stdout`` gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            print(line, file=sys.stdout if record.levelno < logging.WARNING else sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _library_output() -> Iterator[None]:
+    """Print the ``vptsearch`` loggers' INFO records while a command runs; restored afterwards."""
+    logger, handler = logging.getLogger("vptsearch"), _LineHandler()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _library_output():
+            return int(args.func(args) or 0)
     except VptsearchError as exc:
         print(f"vptsearch: error: {exc}", file=sys.stderr)
         return 2

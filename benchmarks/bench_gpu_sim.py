@@ -4,7 +4,7 @@
     python benchmarks/bench_gpu_sim.py --smoke    # 2 slots, 2 tasks x 3 trials of 12 epochs: seconds
     python benchmarks/bench_gpu_sim.py --storage local --trials-per-task 10
 
-What runs for real: the search phase of a launch, i.e. ``_driver._run_tuner`` (one ``tune.Tuner``
+What runs for real: the search phase of a launch, i.e. ``_phases.run_tuner`` (one ``tune.Tuner``
 with the launch's TuneConfig/RunConfig: reuse_actors, FailureConfig, CheckpointConfig num_to_keep=1)
 with ``build_searcher`` (one seeded TPE per task, Optuna journal), ``build_scheduler`` (per-task
 ASHA, grace 10, reduction 3: vtab_deep.yaml), the launch's callbacks (Ray metrics, MLflow through
@@ -396,7 +396,7 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
     """The search phase of a launch with the simulated trainable; its wall time and where it went."""
     from ray.tune.execution.tune_controller import TuneController
 
-    from vptsearch.search import _driver
+    from vptsearch.search import _phases
     from vptsearch.search._metrics import MetricsCallback
     from vptsearch.search._scheduler import PerTaskScheduler, build_scheduler
     from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, trial_status
@@ -447,8 +447,8 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
         ]
         with _swapped_trainable(sim), timed(targets, driver), contextlib.redirect_stdout(sys.stderr):
             t0 = time.time()
-            results = _driver._run_tuner("search", spec, run_dir, searcher, build_scheduler(spec), budget,
-                                         callbacks, False, None, store)  # fmt: skip
+            results = _phases.run_tuner(_phases.TuneSetup(spec, run_dir, store), "search", searcher,
+                                        build_scheduler(spec), budget, callbacks)  # fmt: skip
             wall = time.time() - t0
         t_drain = time.perf_counter()
         unsynced = tracker.close()

@@ -4,7 +4,7 @@
     python benchmarks/bench_platform_overhead.py --smoke      # 20 trials, for CI: same JSON shape
     python benchmarks/bench_platform_overhead.py --checkpoint # also a tiny Tune checkpoint per epoch
 
-The platform side runs the *same* code a launch runs for its search phase: ``_driver._run_tuner``
+The platform side runs the *same* code a launch runs for its search phase: ``_phases.run_tuner``
 (one ``tune.Tuner``, the same TuneConfig/RunConfig: reuse_actors, FailureConfig, CheckpointConfig,
 verbose=0) with the library's ``build_searcher`` (MultiTaskSearcher over one seeded TPE
 PruneAwareOptunaSearch per task, Optuna journal file), ``build_scheduler`` (per-task ASHA), a
@@ -198,7 +198,7 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
     from ray.tune.registry import _Registry
 
-    from vptsearch.search import _driver
+    from vptsearch.search import _phases
     from vptsearch.search._scheduler import PerTaskScheduler, build_scheduler
     from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, trial_status
     from vptsearch.search._spool import Applier
@@ -269,8 +269,9 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
                 contextlib.redirect_stdout(sys.stderr),
             ):
                 t0 = time.perf_counter()
-                results = _driver._run_tuner(
-                    "search", spec, run_dir, searcher, build_scheduler(spec), budget, [cb, progress], False
+                results = _phases.run_tuner(
+                    _phases.TuneSetup(spec, run_dir), "search", searcher, build_scheduler(spec), budget,
+                    [cb, progress],
                 )
                 t_drain = time.perf_counter()
                 unsynced = tracker.close()  # what the writer still had to do counts too

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from vptsearch.cli import main
 from vptsearch.search import _bundle, _bundle_load
-from vptsearch.search._driver import export_bundles
+from vptsearch.search._export import export_bundles
 
 from ._fake_launch import TASK, make_launch, png_header, save_png
 

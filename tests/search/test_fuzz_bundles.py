@@ -16,7 +16,7 @@ from .test_bundle import base  # noqa: F401  (module fixture)
 
 @pytest.fixture(scope="module")
 def good(base, tmp_path_factory):  # noqa: F811
-    from vptsearch.search._driver import export_bundles
+    from vptsearch.search._export import export_bundles
 
     root = tmp_path_factory.mktemp("fuzz")
     run_dir, _ = make_launch(base, root, seeds=(0, 1))

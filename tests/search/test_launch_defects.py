@@ -30,19 +30,19 @@ TASK = "mini/digits"
 
 # --- defect 1: two launches in the same second -----------------------------------------------------
 def test_launches_in_the_same_second_get_their_own_run_dir_and_launch_id(base_raw, monkeypatch) -> None:
-    from vptsearch.search import _driver
+    from vptsearch.search import _rundir
 
     spec = spec_from_dict(base_raw)
-    monkeypatch.setattr(_driver.time, "strftime", lambda fmt, *a: "20261202-120000")  # one second
-    first, _, _ = _driver._prepare_run_dir(spec, resume=False)
-    second, _, _ = _driver._prepare_run_dir(spec, resume=False)
+    monkeypatch.setattr(_rundir.time, "strftime", lambda fmt, *a: "20261202-120000")  # one second
+    first, _, _ = _rundir.prepare_run_dir(spec, resume=False)
+    second, _, _ = _rundir.prepare_run_dir(spec, resume=False)
     assert first.is_dir() and second.is_dir()  # claimed at once, not ~20 s later after preflight
     assert first != second and second.name == "20261202-120000-1"
     assert f"{spec.name}/{first.name}" != f"{spec.name}/{second.name}"  # the launch ids
 
 
 def test_run_dir_allocation_is_atomic_under_concurrency(tmp_path) -> None:
-    from vptsearch.search._driver import allocate_run_dir
+    from vptsearch.search._rundir import allocate_run_dir
 
     got: list[Path] = []
     start = threading.Barrier(8)
@@ -61,7 +61,7 @@ def test_run_dir_allocation_is_atomic_under_concurrency(tmp_path) -> None:
 
 
 def test_latest_run_dir_orders_suffixed_stamps_chronologically(base_raw) -> None:
-    from vptsearch.search._driver import SPEC_FILE, latest_run_dir
+    from vptsearch.search._rundir import SPEC_FILE, latest_run_dir
 
     spec = spec_from_dict(base_raw)
     base = Path(spec.run_dir) / spec.name
@@ -195,7 +195,7 @@ def test_corrupt_shard_fails_preflight_with_one_line(corrupt, base_raw, mini_roo
 
 
 def test_verification_is_cached_per_manifest(base_raw, mini_root, tmp_path) -> None:
-    from vptsearch.search._driver import verify_data
+    from vptsearch.search._preflight import verify_data
 
     _copy_task(mini_root, tmp_path / "shards")
     spec = spec_from_dict({**base_raw, "suite": [TASK], "data_root": str(tmp_path / "shards")})
@@ -330,7 +330,7 @@ def test_ctrl_c_counts_only_finished_trials_and_hides_tunes_restore_hint(local_r
 
     from ray import tune
 
-    from vptsearch.search._driver import _quiet_tune_restore_hint, finished_trials
+    from vptsearch.search._phases import _quiet_tune_restore_hint, finished_trials
 
     tuner = tune.Tuner(
         _slow_trial,

@@ -11,10 +11,10 @@ from vptsearch._lazy import lazy_getattr
 
 _LAZY = {
     "launch": "vptsearch.search._driver",
-    "LaunchSummary": "vptsearch.search._driver",
-    "LaunchInterrupted": "vptsearch.search._driver",
-    "export_bundles": "vptsearch.search._driver",
-    "latest_run_dir": "vptsearch.search._driver",
+    "LaunchSummary": "vptsearch.search._results",
+    "LaunchInterrupted": "vptsearch.search._phases",
+    "export_bundles": "vptsearch.search._export",
+    "latest_run_dir": "vptsearch.search._rundir",
     "load_bundle": "vptsearch.search._bundle",
     "read_bundle": "vptsearch.search._bundle",
     "predict": "vptsearch.search._bundle",

@@ -92,7 +92,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
-    from vptsearch.search._driver import RESULTS_FILE, latest_run_dir
+    from vptsearch.search._rundir import RESULTS_FILE, latest_run_dir
     from vptsearch.spec import load_spec
 
     if args.run_dir:
@@ -148,7 +148,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from vptsearch.search._driver import RESULTS_FILE
+    from vptsearch.search._rundir import RESULTS_FILE
 
     run_dir = _run_dir(args)
     res = json.loads((run_dir / RESULTS_FILE).read_text())
@@ -188,17 +188,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vptsearch.search import export_bundles
+    from vptsearch.search._export import export_bundles
+    from vptsearch.search._results import LaunchResults
 
     run_dir = _run_dir(args)
-    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
-    bundles = export_bundles(run_dir, args.out, results=results, say=print)
+    results = LaunchResults.load(run_dir)
+    bundles = export_bundles(run_dir, args.out, results=results)  # its progress lines: logging
     for task, path in bundles.items():
         print(f"{task}\t{path}")
     if not bundles:
         print("no task of this launch has a finished final phase to export", file=sys.stderr)
         return 1
-    where = results["bundles_dir"]
+    where = str(results.bundles_dir)
     print(f"bundles of {run_dir.name}: {where}; the newest launch's: {where.rsplit('/', 1)[0]}/latest")
     return 0
 
@@ -232,7 +233,7 @@ def _ui_uri(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return check_tracking_uri(args.tracking_uri)
     if args.space:
-        from vptsearch.search._driver import latest_run_dir
+        from vptsearch.search._rundir import latest_run_dir
         from vptsearch.spec import load_spec
 
         run_dir = latest_run_dir(load_spec(args.space))
@@ -497,7 +498,7 @@ def _doctor_space(path: str, line: Any) -> str:
     import dataclasses
 
     from vptsearch.data import data_root, resolve_tasks
-    from vptsearch.search._driver import check_data
+    from vptsearch.search._preflight import check_data
     from vptsearch.spec import load_spec
     from vptsearch.train import get_backbone
 

@@ -36,7 +36,7 @@ def _fmt(v: Any) -> str:
 
 def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """``summary.parquet``, ``summary.md`` and ``summary.html`` in ``out_dir``."""
-    import pandas as pd
+    import pandas as pd  # import cost: `vptsearch report` and markdown_table need no pandas
 
     out_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
@@ -90,7 +90,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_plots(trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """``acc_vs_prompt_length.png`` and ``random_vs_spt.png`` from completed search trials."""
-    import matplotlib
+    import matplotlib  # import cost: only a finished launch draws plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +123,7 @@ def write_plots(trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    from vptsearch.search._protocol import strategy_of
+    from vptsearch.search._protocol import strategy_of  # import cost: _protocol imports Ray and Optuna
 
     strategies = sorted({strategy_of(t["config"]) for t in done})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks)), 4))
@@ -148,3 +148,18 @@ def write_plots(trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     return paths
+
+
+def write_trials(trials: list[dict[str, Any]], path: Path) -> None:
+    """``trials.parquet``: one row per search trial, its config keys as columns."""
+    import pandas as pd  # import cost, as in write_summary
+
+    flat = [{**{k: v for k, v in t.items() if k != "config"}, **t["config"]} for t in trials]
+    pd.DataFrame(flat).to_parquet(path, index=False)
+
+
+def write_report(rows: list[dict[str, Any]], trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """summary.{md,html,parquet}, the plots and trials.parquet in ``out_dir`` (a run dir's report)."""
+    paths = list(write_summary(rows, out_dir).values()) + write_plots(trials, out_dir)
+    write_trials(trials, out_dir / "trials.parquet")
+    return [*paths, out_dir / "trials.parquet"]

@@ -1,0 +1,204 @@
+"""One Tune phase of a launch (``search`` or ``final``): its Tuner, fresh or restored, and what it left.
+
+All tasks share one Tune experiment per phase (see :mod:`vptsearch.search._searcher` for why),
+stored under the launch's Tune storage so ``--resume`` restores it with its searcher state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import registry
+from safetensors.torch import save_file
+
+from vptsearch._errors import VptsearchError
+from vptsearch.search import _bundle, _trainable
+from vptsearch.search._protocol import TrialRecord
+from vptsearch.search._results import FinalRun
+from vptsearch.search._scheduler import PerTaskScheduler
+from vptsearch.search._searcher import trial_status
+from vptsearch.search._storage import Storage, launch_storage
+from vptsearch.spec import SearchSpec
+
+
+class LaunchInterrupted(VptsearchError):
+    """The driver stopped before every trial finished; ``--resume`` continues it.
+
+    ``space``: the search space file to name in the resume hint (the CLI sets the one it was given).
+    """
+
+    def __init__(self, phase: str, finished: int, total: int, space: str | None = None) -> None:
+        self.phase, self.finished, self.total, self.space = phase, finished, total, space
+        super().__init__(phase, finished, total, space)
+
+    def __str__(self) -> str:
+        return (
+            f"the {self.phase} phase stopped with {self.finished}/{self.total} trials finished; "
+            f"continue with `vptsearch launch --space {self.space or 'SPACE.yaml'} --resume`"
+        )
+
+
+@dataclass(frozen=True)
+class TuneSetup:
+    """What every phase's Tuner of one launch shares.
+
+    ``store``: the Tune storage the launch checked (default ``launch_storage(spec, run_dir)``);
+    ``backbone``: the driver's weights in the object store (``_cluster.share_backbone``), else each
+    trial loads the spec's; ``resume``: restore a phase's experiment when its state is there.
+    """
+
+    spec: SearchSpec
+    run_dir: Path
+    store: Storage | None = None
+    backbone: Any = None
+    resume: bool = False
+
+
+def run_tuner(
+    setup: TuneSetup, name: str, searcher: Any, scheduler: Any, num_samples: int, callbacks: list
+) -> tune.ResultGrid:
+    """Run (or, with ``setup.resume``, restore and finish) the phase ``name``; its results.
+
+    Raises :class:`LaunchInterrupted` when fewer than ``num_samples`` trials really ended.
+    """
+    # num_to_keep=1 makes Tune snapshot the experiment after every checkpoint (our per-epoch,
+    # kilobyte-sized ones) and warn each time that snapshots are frequent; locally they are cheap.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # local run dir, NFS, or a pyarrow filesystem (S3)
+    store = setup.store or launch_storage(setup.spec, setup.run_dir)
+    path = f"{store.path}/{name}"
+    # looked up on the module: the benchmarks swap in a stand-in trainable
+    trainable = _trainable.make_trainable(setup.spec, setup.backbone)
+    if setup.resume and tune.Tuner.can_restore(path, storage_filesystem=store.fs):
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+            storage_filesystem=store.fs,
+        )  # fmt: skip
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=num_samples, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=store.path,
+                storage_filesystem=store.fs,
+                callbacks=[*callbacks, _trainable.NoTensorBoard()],
+                verbose=0,  # ProgressCallback prints one line per finished trial
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    with _quiet_tune_restore_hint(), _cached_trainable_lookups():
+        results = tuner.fit()
+    finished = finished_trials(results)
+    if finished < num_samples:
+        raise LaunchInterrupted(name, finished, num_samples)
+    return results
+
+
+@contextlib.contextmanager
+def _cached_trainable_lookups() -> Iterator[None]:
+    """Answer Tune's trainable look-ups from a cache while one ``fit`` runs.
+
+    Tune asks Ray's registry for the trainable five times per trial (three existence checks, two
+    class loads), each a round trip to the GCS key-value store plus an unpickle: ~4 ms per trial
+    on this machine. Within one ``fit`` the registered trainable does not change, so an answer
+    once found is kept (a trainable not yet registered is asked again); outside it the registry
+    is Ray's own again.
+    """
+    reg = registry._global_registry
+    get, contains = reg.get, reg.contains
+    found: dict[tuple[str, str], Any] = {}
+
+    def cached_get(category: str, key: str) -> Any:
+        if category != registry.TRAINABLE_CLASS:
+            return get(category, key)
+        if (category, key) not in found:
+            found[category, key] = get(category, key)
+        return found[category, key]
+
+    def cached_contains(category: str, key: str) -> bool:
+        if category != registry.TRAINABLE_CLASS or (category, key) in found:
+            return (category, key) in found or contains(category, key)
+        if not contains(category, key):
+            return False
+        cached_get(category, key)  # loaded next anyway
+        return True
+
+    reg.get, reg.contains = cached_get, cached_contains  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        vars(reg).pop("get", None)
+        vars(reg).pop("contains", None)
+
+
+def finished_trials(results: Any) -> int:
+    """Trials that really ended: errored, their last result is Tune's ``done`` (completed, or
+    stopped by ASHA), or a scheduler of this process stopped them (a restored scheduler's stop
+    need not set ``done``). After Ctrl-C Tune's cleanup marks the trials it interrupts TERMINATED
+    too (``num_terminated`` counted them as finished); their last result is not ``done``."""
+    stopped = PerTaskScheduler.stopped_trial_ids
+
+    def ended(r: Any) -> bool:
+        last = r.metrics or {}
+        return r.error is not None or bool(last.get("done")) or last.get("trial_id") in stopped
+
+    return sum(1 for r in results if ended(r))
+
+
+@contextlib.contextmanager
+def _quiet_tune_restore_hint() -> Iterator[None]:
+    """Silence Tune's own "Resume experiment with: Tuner.restore(path=..., trainable=...)" warning
+    after Ctrl-C (logger ``ray.tune.tune``): that is Tune's Python API, the user's is
+    ``vptsearch launch --resume``, which LaunchInterrupted prints. Tune's other warnings from
+    that logger (the "Stop signal received" line) stay."""
+
+    class _NoRestoreHint(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tuner.restore(" not in record.getMessage()
+
+    f = _NoRestoreHint()
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(f)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(f)
+
+
+def trial_records(results: Any, max_epochs: int) -> list[TrialRecord]:
+    """The search phase's trials as the protocol selects on them."""
+    out = []
+    for r in results:
+        last = dict(r.metrics or {})
+        trial_id = last.get("trial_id") or Path(r.path).name
+        out.append(TrialRecord.from_result(trial_id, dict(r.config), last, r.error is not None, max_epochs))
+    return out
+
+
+def final_runs(results: Any, run_dir: Path, max_epochs: int) -> dict[str, dict[int, FinalRun]]:
+    """Per task and seed: status, test accuracy and the saved trained tensors (safetensors)."""
+    out: dict[str, dict[int, FinalRun]] = {}
+    for r in results:
+        cfg, last = dict(r.config), dict(r.metrics or {})
+        task, seed = cfg["task"], int(cfg["seed"])
+        run = FinalRun(trial_status(last, max_epochs, r.error is not None), last.get("test_acc"), cfg)
+        ckpt = r.checkpoint
+        state = _trainable.load_state(ckpt) if ckpt is not None and run.status == "completed" else None
+        if state is not None:
+            path = run_dir / "final" / _bundle.task_dirname(task) / f"seed-{seed}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state["trained"].items()}, str(path))
+            run.weights = str(path)
+        out.setdefault(task, {})[seed] = run
+    return out

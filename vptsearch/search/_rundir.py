@@ -1,0 +1,93 @@
+"""A launch's run folder ``<run_dir>/<name>/<stamp>``: claimed atomically, found again for ``--resume``.
+
+The folder's name is the launch id; it holds the driver's own files (``spec.yaml``,
+``results.json``, ``optuna.journal``, the MLflow spool, the report, the final seeds' weights).
+Nothing here imports Ray or torch: ``vptsearch report`` and ``export`` find their launch through it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from vptsearch._errors import ConfigError
+from vptsearch.search._exports import stamp_key
+from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict
+
+SPEC_FILE, RESULTS_FILE = "spec.yaml", "results.json"
+
+
+def launches_dir(spec: SearchSpec) -> Path:
+    return Path(spec.run_dir).resolve() / spec.name
+
+
+def latest_run_dir(spec: SearchSpec) -> Path | None:
+    base = launches_dir(spec)
+    runs = [p for p in base.glob("*") if (p / SPEC_FILE).is_file()] if base.is_dir() else []
+    # chronological, not lexical: ``...-10`` (the 10th launch in a second) comes after ``...-2``
+    return max(runs, key=lambda p: stamp_key(p.name)) if runs else None
+
+
+def allocate_run_dir(base: Path, stamp: str | None = None) -> Path:
+    """Create and return a launch folder ``base/<stamp>`` that no other launch has.
+
+    ``mkdir`` without ``exist_ok`` is the atomic claim: two launches started in the same second
+    both try ``<stamp>``, one wins, the other moves on to ``<stamp>-1`` (then ``-2`` ...). The
+    folder's name is the launch id, so a launch owns its Tune experiment, Optuna journal, MLflow
+    runs and bundles from its first moment (the stamp used to be created only after preflight
+    and Ray start, with ``exist_ok=True``, and two launches shared everything).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    for n in range(10_000):
+        path = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"{base}: 10000 launches named {stamp!r} already; remove old run folders")
+
+
+def _created_dirs(path: Path) -> list[Path]:
+    """``path`` and its missing parents (what allocating it will create), innermost first."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Undo the folders a launch created if it failed before writing anything in them."""
+    for d in dirs:
+        try:
+            d.rmdir()  # only ever removes an empty folder: nothing computed is lost
+        except OSError:
+            return
+
+
+def prepare_run_dir(spec: SearchSpec, resume: bool) -> tuple[Path, SearchSpec, list[Path]]:
+    """The launch folder (allocated now, or the latest one with ``--resume``), the spec to use,
+    and the folders created here (removed again if the launch fails before using them)."""
+    if resume:
+        run_dir = latest_run_dir(spec)
+        if run_dir is None:
+            raise ConfigError(
+                f"--resume: no earlier launch of {spec.name!r} under {launches_dir(spec)}; "
+                "run without --resume first"
+            )
+        # The saved (merged) spec is authoritative: a resumed search must not change its space.
+        saved = spec_from_dict(read_yaml(run_dir / SPEC_FILE), source=str(run_dir / SPEC_FILE))
+        return run_dir, saved, []
+    base = launches_dir(spec)
+    created = _created_dirs(base)
+    try:
+        run_dir = allocate_run_dir(base)
+    except OSError as exc:
+        remove_empty(created)
+        raise ConfigError(
+            f"run_dir {str(base)!r}: cannot create a launch folder there ({exc.strerror}); "
+            "accepted: a writable folder"
+        ) from None
+    return run_dir, spec, [run_dir, *created]

@@ -391,7 +391,7 @@ def test_ui_on_a_port_in_use_says_so_and_starts_nothing(tmp_path, monkeypatch, c
 
 
 def test_bound_by_tells_our_listener_from_someone_elses() -> None:
-    from vptsearch.search._cli import bound_by
+    from vptsearch.search._ui_cli import bound_by
 
     other = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
@@ -444,7 +444,7 @@ def test_doctor_checks_the_tracking_uri_of_flag_and_environment(tmp_path, monkey
 def test_ui_honours_mlflow_tracking_uri(tmp_path, monkeypatch) -> None:
     import argparse
 
-    from vptsearch.search._cli import _ui_uri
+    from vptsearch.search._ui_cli import _ui_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     args = argparse.Namespace(tracking_uri=None, space=None)

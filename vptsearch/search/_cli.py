@@ -170,7 +170,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vptsearch.search._export import export_bundles  # import cost: torch
-    from vptsearch.search._results import LaunchResults
+    from vptsearch.search._results import LaunchResults  # import cost: Ray, Optuna (via _protocol)
 
     run_dir = _run_dir(args)
     results = LaunchResults.load(run_dir)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from vptsearch._errors import VptsearchError
+from vptsearch.search import _monitor
+from vptsearch.spec import load_spec
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -67,8 +69,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "ray auth token",
         f"{token} ({'present' if token.is_file() else 'absent: created on first start'})",
     )
-    from vptsearch.search import _monitor
-
     # The dashboard opens on a token dialog (Ray 2.60 token auth): say which token to paste.
     line(None, "ray dashboard", f"{_monitor.token_hint(joined=False)}; a joined cluster's: "
          "$RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token")  # fmt: skip
@@ -89,7 +89,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _doctor_space(path: str, line: Any) -> str:
     from vptsearch.data import data_root, resolve_tasks
     from vptsearch.search._preflight import check_data  # import cost: Ray, torch
-    from vptsearch.spec import load_spec
     from vptsearch.train import get_backbone
 
     spec = load_spec(path)

@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from vptsearch._errors import ConfigError
+from vptsearch.search._rundir import latest_run_dir
+from vptsearch.spec import load_spec
 
 UI_STATE = Path(".vptsearch") / "ui.json"  # our own `mlflow ui` process, so --stop ends only that one
 
@@ -46,17 +48,12 @@ def _ui_uri(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return check_tracking_uri(args.tracking_uri)
     if args.space:
-        from vptsearch.search._rundir import latest_run_dir
-        from vptsearch.spec import load_spec
-
         run_dir = latest_run_dir(load_spec(args.space))
         if run_dir is not None and (run_dir / "tracking.json").is_file():
             return str(json.loads((run_dir / "tracking.json").read_text())["uri"])
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     if args.space:
-        from vptsearch.spec import load_spec
-
         return check_tracking_uri(load_spec(args.space).tracking.uri)
     return check_tracking_uri("sqlite:///mlflow.db")
 
@@ -70,8 +67,6 @@ def _ui_page(url: str, uri: str, args: argparse.Namespace) -> str:
     listing = f"{url}/#/experiments?workflowType=machine_learning"
     name = args.experiment
     if name is None and args.space:
-        from vptsearch.spec import load_spec
-
         name = load_spec(args.space).experiment
     try:
         from mlflow import MlflowClient  # import cost: seconds, only for the deep link

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune import registry
 from safetensors.torch import save_file
 
 from vptsearch._errors import VptsearchError
 from vptsearch.search import _bundle, _trainable
+from vptsearch.search._compat import cached_trainable_lookups
 from vptsearch.search._protocol import TrialRecord
 from vptsearch.search._results import FinalRun
 from vptsearch.search._scheduler import PerTaskScheduler
@@ -97,49 +97,12 @@ def run_tuner(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    with _quiet_tune_restore_hint(), _cached_trainable_lookups():
+    with _quiet_tune_restore_hint(), cached_trainable_lookups():
         results = tuner.fit()
     finished = finished_trials(results)
     if finished < num_samples:
         raise LaunchInterrupted(name, finished, num_samples)
     return results
-
-
-@contextlib.contextmanager
-def _cached_trainable_lookups() -> Iterator[None]:
-    """Answer Tune's trainable look-ups from a cache while one ``fit`` runs.
-
-    Tune asks Ray's registry for the trainable five times per trial (three existence checks, two
-    class loads), each a round trip to the GCS key-value store plus an unpickle: ~4 ms per trial
-    on this machine. Within one ``fit`` the registered trainable does not change, so an answer
-    once found is kept (a trainable not yet registered is asked again); outside it the registry
-    is Ray's own again.
-    """
-    reg = registry._global_registry
-    get, contains = reg.get, reg.contains
-    found: dict[tuple[str, str], Any] = {}
-
-    def cached_get(category: str, key: str) -> Any:
-        if category != registry.TRAINABLE_CLASS:
-            return get(category, key)
-        if (category, key) not in found:
-            found[category, key] = get(category, key)
-        return found[category, key]
-
-    def cached_contains(category: str, key: str) -> bool:
-        if category != registry.TRAINABLE_CLASS or (category, key) in found:
-            return (category, key) in found or contains(category, key)
-        if not contains(category, key):
-            return False
-        cached_get(category, key)  # loaded next anyway
-        return True
-
-    reg.get, reg.contains = cached_get, cached_contains  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        vars(reg).pop("get", None)
-        vars(reg).pop("contains", None)
 
 
 def finished_trials(results: Any) -> int:

@@ -83,7 +83,7 @@ def test_prometheus_reads_the_launch_metrics(base_raw, tmp_path) -> None:
                 rows = _monitor.query(prom.url, target["expr"].replace("$task", ".+"))
                 assert rows, (panel["title"], target["expr"])
     finally:
-        _monitor.stop(prom.pid)
+        _monitor.stop_group(prom.pid)
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
     with pytest.raises(OSError):

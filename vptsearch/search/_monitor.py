@@ -18,11 +18,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +34,7 @@ from typing import Any
 import yaml
 
 from vptsearch._errors import ConfigError
+from vptsearch.search._processes import alive, stop_group
 
 STATE = Path(".vptsearch") / "monitor.json"  # our own Prometheus, so --stop ends only that one
 DEFAULT_PORT = 9090  # the Ray dashboard looks for Prometheus here unless RAY_PROMETHEUS_HOST says
@@ -187,34 +186,11 @@ def start_prometheus(
                 return Prometheus(proc.pid, url, cfg, log)
         except OSError:
             if time.monotonic() > deadline:
-                stop(proc.pid)
+                stop_group(proc.pid)
                 raise ConfigError(
                     f"prometheus did not become ready on {url} in {timeout:.0f} s; see {log}"
                 ) from None
             time.sleep(0.3)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def stop(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM our Prometheus's process group (it flushes its TSDB), SIGKILL it if it lingers."""
-    if not _alive(pid):
-        return
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):  # reap it when this process started it
-            os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
-            return
-        time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
 
 
 def query(url: str, promql: str, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -291,13 +267,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             print("no vptsearch monitor is running from this folder")
             return 0
         state = json.loads(STATE.read_text())
-        stop(state["pid"])
+        stop_group(state["pid"])
         STATE.unlink()
         print(f"stopped Prometheus (pid {state['pid']})")
         return 0
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: expected 1..65535")
-    if STATE.is_file() and _alive(json.loads(STATE.read_text())["pid"]):
+    if STATE.is_file() and alive(json.loads(STATE.read_text())["pid"]):
         raise ConfigError(
             f"a vptsearch monitor is already running ({STATE}); stop it with `vptsearch monitor --stop`"
         )

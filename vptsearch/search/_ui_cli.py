@@ -8,11 +8,9 @@ MLflow, Ray or torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from vptsearch._errors import ConfigError
+from vptsearch.search._processes import alive, stop_group
 from vptsearch.search._rundir import latest_run_dir
 from vptsearch.spec import load_spec
 
@@ -82,29 +81,6 @@ def _ui_page(url: str, uri: str, args: argparse.Namespace) -> str:
     if exp is None:
         return listing
     return f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _stop(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the UI's process group (the server and its workers), SIGKILL it if it lingers."""
-    if not _alive(pid):
-        return
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):  # reap it when this process started it
-            os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
-            return
-        time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
@@ -203,7 +179,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             print("no vptsearch ui is running from this folder")
             return 0
         state = json.loads(UI_STATE.read_text())
-        _stop(state["pid"])
+        stop_group(state["pid"])
         UI_STATE.unlink()
         print(f"stopped the MLflow UI (pid {state['pid']})")
         return 0
@@ -217,7 +193,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI: {_ui_page(url, uri, args)}\n  (store {uri}); Ctrl-C stops it")
         return subprocess.call(cmd, env=env)
     UI_STATE.parent.mkdir(exist_ok=True)
-    if UI_STATE.is_file() and _alive(json.loads(UI_STATE.read_text())["pid"]):
+    if UI_STATE.is_file() and alive(json.loads(UI_STATE.read_text())["pid"]):
         raise ConfigError(
             f"a vptsearch ui is already running ({UI_STATE}); stop it with `vptsearch ui --stop`"
         )
@@ -228,7 +204,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     try:
         _wait_for_ui(proc, args.port, url, timeout=60.0)
     except BaseException:
-        _stop(proc.pid)
+        stop_group(proc.pid)
         UI_STATE.unlink(missing_ok=True)
         raise
     page = _ui_page(url, uri, args)

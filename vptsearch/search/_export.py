@@ -17,13 +17,14 @@ import torch
 
 from vptsearch import __version__
 from vptsearch._errors import DataError
+from vptsearch._trial_config import TrialConfig
 from vptsearch.data import get_task, read_manifest
 from vptsearch.search import _bundle
 from vptsearch.search._exports import check_export_dir, point_latest, point_latest_remote
 from vptsearch.search._results import LaunchResults, TaskResult
 from vptsearch.search._rundir import SPEC_FILE
 from vptsearch.search._storage import filesystem, is_uri, upload
-from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict, trial_defaults
+from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict
 from vptsearch.train import get_backbone, model_options
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ def bundle_meta(
     best = result.best
     assert best is not None and result.exported_seed is not None  # only exported tasks get a bundle
     cfg = best.config
-    method = cfg.get("method", "vpt")
-    full = {**trial_defaults(method), **cfg}  # the same defaults run_trial filled in
+    trial = TrialConfig.from_sampled(cfg, spec.training)  # the defaults run_trial filled in
+    method = trial.method
     b = spec.backbone
     name = str(Path(b.name).resolve()) if Path(b.name).is_file() else b.name
     exported = result.exported_seed
@@ -49,7 +50,7 @@ def bundle_meta(
     accs = {str(s): acc for s, acc in result.test_accs.items()}
     members = [{"seed": s, "file": _bundle.member_file(s, s == exported), "test_accuracy": accs[str(s)]}
                for s in seeds]  # fmt: skip
-    options = model_options(cfg, spec)
+    options = model_options(trial, spec)
     return {
         "task": task,
         "group": info.group,
@@ -64,8 +65,8 @@ def bundle_meta(
         "method_options": options,
         "head": {"norm": options.get("head_norm", "none")},
         "prompt": (
-            {"depth": full["prompt.depth"], "length": full["prompt.length"], "init": full["prompt.init"]}
-            if method == "vpt"
+            {"depth": trial.prompt.depth, "length": trial.prompt.length, "init": trial.prompt.init}
+            if trial.prompt is not None
             else None
         ),
         "hyperparameters": cfg,

@@ -80,7 +80,11 @@ def test_losing_a_worker_node_mid_launch_loses_no_trial(base_raw, tmp_path) -> N
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed:
             for path in session.glob("artifacts/*/search/driver_artifacts/*/result.json"):
-                for line in path.read_text().splitlines():
+                try:
+                    text = path.read_text()
+                except OSError:  # Tune moved it between the glob and the read: a dead killer fails the test
+                    continue
+                for line in text.splitlines():
                     try:
                         r = json.loads(line)
                     except ValueError:
@@ -113,8 +117,12 @@ def test_losing_a_worker_node_mid_launch_loses_no_trial(base_raw, tmp_path) -> N
         assert trial.run_metadata.num_failures >= 1, "the trial on the removed node was not retried"
         df = analysis.trial_dataframes[trial.trial_id]
         assert list(df["epoch"]) == list(range(1, epochs + 1))  # resumed from its checkpoint
-        assert set(df["node_id"][df["epoch"] > killed["epoch"]]) - {doomed.node_id}  # elsewhere
-        assert doomed.node_id not in set(df["node_id"][df["epoch"] > killed["epoch"]])
+        # The node dies a moment after the killer saw its report: the trial may report one more
+        # epoch there first. Every epoch after the doomed node's last report ran elsewhere.
+        last_on_doomed = int(df["epoch"][df["node_id"] == doomed.node_id].max())
+        assert killed["epoch"] <= last_on_doomed < epochs, (killed, last_on_doomed)
+        after = set(df["node_id"][df["epoch"] > last_on_doomed])
+        assert after and doomed.node_id not in after
         for t in analysis.trials:
             seen = list(analysis.trial_dataframes[t.trial_id]["epoch"])
             assert seen == sorted(set(seen)), (t, seen)  # resumed, never restarted

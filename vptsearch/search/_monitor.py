@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from vptsearch._errors import ConfigError
-from vptsearch.search._processes import alive, stop_group
+from vptsearch.search._processes import refuse_if_running, stop_group, stop_recorded
 
 STATE = Path(".vptsearch") / "monitor.json"  # our own Prometheus, so --stop ends only that one
 DEFAULT_PORT = 9090  # the Ray dashboard looks for Prometheus here unless RAY_PROMETHEUS_HOST says
@@ -263,20 +263,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(conf, sort_keys=False))
         return 0
     if args.stop:
-        if not STATE.is_file():
-            print("no vptsearch monitor is running from this folder")
-            return 0
-        state = json.loads(STATE.read_text())
-        stop_group(state["pid"])
-        STATE.unlink()
-        print(f"stopped Prometheus (pid {state['pid']})")
+        stop_recorded(STATE, "Prometheus", "monitor")
         return 0
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: expected 1..65535")
-    if STATE.is_file() and alive(json.loads(STATE.read_text())["pid"]):
-        raise ConfigError(
-            f"a vptsearch monitor is already running ({STATE}); stop it with `vptsearch monitor --stop`"
-        )
+    refuse_if_running(STATE, "monitor")
     prom = start_prometheus(STATE.parent / "prometheus", args.port, args.prometheus,
                             temp_dir=args.ray_temp_dir, scrape_interval=interval)  # fmt: skip
     STATE.write_text(json.dumps({"pid": prom.pid, "url": prom.url, "config": str(prom.config)}))

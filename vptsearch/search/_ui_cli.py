@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from vptsearch._errors import ConfigError
-from vptsearch.search._processes import alive, stop_group
+from vptsearch.search._processes import refuse_if_running, stop_group, stop_recorded
 from vptsearch.search._rundir import latest_run_dir
 from vptsearch.spec import load_spec
 
@@ -175,13 +175,7 @@ def _wait_for_ui(proc: subprocess.Popen, port: int, url: str, timeout: float) ->
 
 def cmd_ui(args: argparse.Namespace) -> int:
     if args.stop:
-        if not UI_STATE.is_file():
-            print("no vptsearch ui is running from this folder")
-            return 0
-        state = json.loads(UI_STATE.read_text())
-        stop_group(state["pid"])
-        UI_STATE.unlink()
-        print(f"stopped the MLflow UI (pid {state['pid']})")
+        stop_recorded(UI_STATE, "the MLflow UI", "ui")
         return 0
     uri = _ui_uri(args)
     url = f"http://127.0.0.1:{args.port}"
@@ -193,10 +187,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI: {_ui_page(url, uri, args)}\n  (store {uri}); Ctrl-C stops it")
         return subprocess.call(cmd, env=env)
     UI_STATE.parent.mkdir(exist_ok=True)
-    if UI_STATE.is_file() and alive(json.loads(UI_STATE.read_text())["pid"]):
-        raise ConfigError(
-            f"a vptsearch ui is already running ({UI_STATE}); stop it with `vptsearch ui --stop`"
-        )
+    refuse_if_running(UI_STATE, "ui")
     check_port_free(args.port)
     with open(UI_STATE.with_suffix(".log"), "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

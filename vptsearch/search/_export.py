@@ -17,6 +17,7 @@ import torch
 
 from vptsearch import __version__
 from vptsearch._errors import DataError
+from vptsearch._training import resolve_precision
 from vptsearch._trial_config import TrialConfig
 from vptsearch.data import get_task, read_manifest
 from vptsearch.search import _bundle
@@ -124,8 +125,7 @@ def export_bundles(
     out = base / stamp
     backbone = get_backbone(spec)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = spec.training.precision
-    precision = "bf16" if precision == "bf16" or (precision == "auto" and device == "cuda") else "fp32"
+    precision = resolve_precision(spec.training.precision, torch.device(device))
     bundles: dict[str, Path] = {}
     changed = False
     for task, res in results.tasks.items():

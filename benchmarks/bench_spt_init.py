@@ -10,7 +10,7 @@ are the task's final train split (train800val200: 1 000 images, every patch toke
 preprocessed as trials do (eval transform, backbone normalisation), decoded once before timing.
 Every initialiser's time includes its forward passes through the frozen backbone.
 
-One trial: the mini_deep recipe (``search_spaces/mini_deep.yaml``: VPT-deep, batch 32, its epochs)
+One trial: the mini_deep_full recipe (``search_spaces/mini_deep_full.yaml``: VPT-deep, batch 32, its epochs)
 on the task's search split at p = 10 with random init, timed by ``run_trial`` for ``--trial-epochs``
 epochs; ``trial_seconds = median(epoch_seconds) x recipe epochs`` (stated in the JSON), so a short
 measurement stands in for the full trial. Ratios: initialiser seconds / trial seconds; target for
@@ -33,7 +33,7 @@ import torch
 
 STRATEGIES = ("random", "spt-mean", "spt-max", "spt-sample", "spt-kmeans")
 TARGET_KMEANS_FRACTION = 0.05
-SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "mini_deep.yaml"
+SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "mini_deep_full.yaml"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def time_init(backbone: Any, classes: int, p: int, strategy: str, x: torch.Tenso
 
 
 def time_trial(task: str, spec: Any, epochs: int) -> dict[str, Any]:
-    """Median epoch seconds of the mini_deep recipe at p = 10, random init, over ``epochs`` epochs."""
+    """Median epoch seconds of the mini_deep_full recipe at p = 10, random init, over ``epochs`` epochs."""
     from vptsearch.train import ListReporter, run_trial
 
     rep = ListReporter(stop_after=epochs)

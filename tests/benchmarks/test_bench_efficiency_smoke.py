@@ -26,7 +26,7 @@ def test_search_efficiency_smoke_then_cached(
     grid = first["grid"]
     assert grid["size"] == 2 and grid["seeds"] == [0, 1]
     assert grid["cells"] == 4 and grid["trained_now"] == 4 and grid["reused"] == 0
-    assert grid["space"] == "search_spaces/mini_deep.yaml" and grid["fixed"]["head.norm"] == "batchnorm"
+    assert grid["space"] == "search_spaces/mini_deep_full.yaml" and grid["fixed"]["head.norm"] == "batchnorm"
     cache = Path(grid["cache"])
     assert cache.parent == tmp_path and cache.name == f"grid_{grid['hash']}.parquet"
     assert (tmp_path / "search_efficiency.png").stat().st_size > 0

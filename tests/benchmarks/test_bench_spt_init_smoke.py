@@ -8,7 +8,7 @@ import pytest
 
 from vptsearch.spec import load_spec
 
-SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "mini_deep.yaml"
+SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "mini_deep_full.yaml"
 
 STRATEGIES = {"random", "spt-mean", "spt-max", "spt-sample", "spt-kmeans"}
 
@@ -22,7 +22,7 @@ def test_spt_init_smoke(run_benchmark, digits_data, capsys):
     assert set(r["init_seconds"]["p10"]) == STRATEGIES | {"cls-prototype"}
     assert all(v >= 0 for v in r["init_seconds"]["p10"].values())
     trial = r["trial"]
-    epochs = load_spec(SPACE).training.epochs  # the quickstart recipe's length
+    epochs = load_spec(SPACE).training.epochs  # the full mini recipe's length
     assert trial["measured_epochs"] == 1 and trial["epochs"] == epochs
     assert trial["seconds"] == pytest.approx(trial["median_epoch_seconds"] * epochs, rel=1e-3)
     for s, v in r["init_seconds"]["p10"].items():

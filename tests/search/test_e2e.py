@@ -202,7 +202,7 @@ def test_report_and_reexport_cli(launched, tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_quickstart_space_smoke_with_shipped_backbone(tmp_path, monkeypatch) -> None:
-    """The shipped quickstart (mini_deep.yaml, vptsearch-tiny-sup) with --smoke: builds the mini
+    """The shipped quickstart (mini_deep.yaml, vptsearch-tiny-mae) with --smoke: builds the mini
     suite into an empty data root and runs every phase."""
     space = Path(__file__).parents[2] / "search_spaces" / "mini_deep.yaml"
     monkeypatch.setenv("VPTSEARCH_DATA", str(tmp_path / "shards"))
@@ -211,5 +211,5 @@ def test_quickstart_space_smoke_with_shipped_backbone(tmp_path, monkeypatch) -> 
     bundles = sorted((tmp_path / "exports" / "mini_deep" / "latest").iterdir())
     assert [b.name for b in bundles] == ["mini__digits", "mini__dsprites_loc", "mini__textures"]
     meta = json.loads((bundles[0] / "bundle.json").read_text())
-    assert meta["backbone"]["name"] == "vptsearch-tiny-sup" and meta["backbone"]["source"] == "shipped"
+    assert meta["backbone"]["name"] == "vptsearch-tiny-mae" and meta["backbone"]["source"] == "shipped"
     assert (tmp_path / "mlflow.db").is_file()

@@ -369,9 +369,28 @@ def test_ctrl_c_counts_only_finished_trials_and_hides_tunes_restore_hint(local_r
         tune_log.removeHandler(seen)
         tune_log.setLevel(level)
     assert results.num_terminated == 2  # what the old message counted: the interrupted one too
-    assert finished_trials(results) == 1
+    assert finished_trials(results, max_epochs=3) == 1
     assert any("Stop signal received" in line for line in seen.lines)  # Tune's other lines stay
     assert not any("Tuner.restore(" in line for line in seen.lines), seen.lines
+
+
+def test_a_restored_trial_that_trained_every_epoch_counts_as_finished_without_tunes_done() -> None:
+    """Ray keeps ``done`` of a trial whose function returned in memory only: an experiment restored
+    from its snapshot (S3 storage) has finished trials whose last result lacks it. Ended by their
+    own last result: every epoch trained, diverged, a recorded failure. Not: an interrupted one."""
+    from types import SimpleNamespace
+
+    from vptsearch.search._phases import finished_trials
+
+    def result(**last: object) -> SimpleNamespace:
+        return SimpleNamespace(metrics={"trial_id": "t", "done": False, **last}, error=None)
+
+    assert finished_trials([result(epoch=5)], max_epochs=5) == 1  # completed, snapshot without done
+    assert finished_trials([result(epoch=2, diverged=1)], max_epochs=5) == 1
+    assert finished_trials([result(epoch=1, error="bad image")], max_epochs=5) == 1
+    assert finished_trials([result(epoch=3, done=True)], max_epochs=5) == 1  # stopped by ASHA
+    assert finished_trials([result(epoch=3)], max_epochs=5) == 0  # interrupted mid-run
+    assert finished_trials([SimpleNamespace(metrics={}, error=None)], max_epochs=5) == 0  # never reported
 
 
 # --- defect 3: ui on a port in use ------------------------------------------------------------------

@@ -99,22 +99,32 @@ def run_tuner(
         )
     with _quiet_tune_restore_hint(), cached_trainable_lookups():
         results = tuner.fit()
-    finished = finished_trials(results)
+    finished = finished_trials(results, setup.spec.training.epochs)
     if finished < num_samples:
         raise LaunchInterrupted(name, finished, num_samples)
     return results
 
 
-def finished_trials(results: Any) -> int:
-    """Trials that really ended: errored, their last result is Tune's ``done`` (completed, or
-    stopped by ASHA), or a scheduler of this process stopped them (a restored scheduler's stop
-    need not set ``done``). After Ctrl-C Tune's cleanup marks the trials it interrupts TERMINATED
-    too (``num_terminated`` counted them as finished); their last result is not ``done``."""
+def finished_trials(results: Any, max_epochs: int) -> int:
+    """Trials that really ended: errored; their last result is one a trial ends itself with (every
+    one of ``max_epochs`` epochs trained, diverged, or a recorded failure); it is Tune's ``done``
+    (stopped by ASHA); or a scheduler of this process stopped them (a restored scheduler's stop
+    need not set ``done``).
+
+    Tune's ``done`` alone is not enough either way. After Ctrl-C Tune's cleanup marks the trials it
+    interrupts TERMINATED (``num_terminated`` counted them as finished) and their last result is
+    not ``done``. And Ray 2.60 can snapshot a trial whose function returned as TERMINATED with its
+    last result from before ``done`` was set (its "duplicate" end result updates the result in
+    memory without marking the trial for the snapshot): restored from that snapshot (measured on S3
+    storage, the final phase), an ended trial lacks ``done``.
+    """
     stopped = PerTaskScheduler.stopped_trial_ids
 
     def ended(r: Any) -> bool:
         last = r.metrics or {}
-        return r.error is not None or bool(last.get("done")) or last.get("trial_id") in stopped
+        if r.error is not None or bool(last.get("done")) or last.get("trial_id") in stopped:
+            return True
+        return bool(last) and trial_status(last, max_epochs) != "pruned"
 
     return sum(1 for r in results if ended(r))
 

@@ -289,7 +289,7 @@ class Launch:
             # the report exists before export: a failing export still leaves it (rewritten below)
             _report.write_report(results.rows(), trials, self.report_dir)
             # adds each task's ensemble test accuracy to `results` and rewrites results.json
-            bundles = export_bundles(self.run_dir, results=results, say=self.say)
+            bundles = export_bundles(self.run_dir, results=results, spec=self.spec, say=self.say)
             self._log_bundles(results, bundles)
             self._log_tasks(results)
         except (LaunchInterrupted, KeyboardInterrupt):

@@ -97,6 +97,7 @@ def export_bundles(
     out_dir: str | Path | None = None,
     *,
     results: LaunchResults | None = None,
+    spec: SearchSpec | None = None,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """(Re-)export the bundle of every task of a finished launch; ``{task: bundle folder}``.
@@ -108,14 +109,16 @@ def export_bundles(
     it is stored in results.json (task ``ensemble_test_acc``, row ``ensemble_test``) and in
     bundle.json, and reused by later re-exports. ``results``: the launch's results (loaded from
     the run dir's results.json when omitted), updated in place; results.json is rewritten when
-    export added to them.
+    export added to them. ``spec``: the launch's spec (read from the run dir's spec.yaml when
+    omitted: what a re-export after the launch does).
 
     An ``s3://`` (or other pyarrow URI) export dir gets the bundles written under
     ``<run_dir>/export/<stamp>`` first, then copied there; the returned paths are the local copies.
     """
     run_dir = Path(run_dir)
     say = say or log.info
-    spec = spec_from_dict(read_yaml(run_dir / SPEC_FILE))
+    if spec is None:
+        spec = spec_from_dict(read_yaml(run_dir / SPEC_FILE))
     if results is None:
         results = LaunchResults.load(run_dir)
     dest = str(out_dir or spec.export_dir)

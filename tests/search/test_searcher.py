@@ -6,10 +6,18 @@ on_trial_complete with the last result). The end-to-end test checks the same on 
 
 from __future__ import annotations
 
+import pytest
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, load_studies, make_task_searcher
+from vptsearch.search._searcher import (
+    MAX_DUPLICATE_ASKS,
+    MultiTaskSearcher,
+    build_searcher,
+    load_studies,
+    make_task_searcher,
+)
+from vptsearch.search._untried import ATTR as UNTRIED_ATTR
 from vptsearch.spec import spec_from_dict
 
 RAW = {
@@ -107,6 +115,38 @@ def test_tpe_does_not_retrain_a_configuration_it_already_completed(tmp_path) -> 
     assert all(t.state == TrialState.COMPLETE and t.value == 0.1 * t.params["prompt.length"] for t in dups)
     # The space is exhausted: after MAX_DUPLICATE_ASKS duplicates the searcher still returns one.
     assert s.suggest("t3")["prompt.length"] in (1, 5, 10)
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "random"])
+def test_a_sampler_stuck_on_trained_configurations_takes_an_untried_one(tmp_path, algorithm: str) -> None:
+    """Samplers re-propose trained points (TPE its good region, random sampling a nearly exhausted
+    space). After MAX_DUPLICATE_ASKS known points in a row the trial takes an untried one, so the
+    study grows by a bounded number of duplicate asks per trial and every point of the space is
+    trained once before any is trained twice."""
+    params = {"prompt.length": {"choice": [1, 5, 10]}, "optim.base_lr": {"choice": [0.1, 1, 2, 5]}}
+    search = {**RAW["search"], "n_startup_trials": 1, "algorithm": algorithm}
+    raw = {**RAW, "params": params, "search": search}
+    s = make_task_searcher(spec_from_dict(raw), "mini/digits", journal=tmp_path / "j")
+    seen = []
+    for i in range(12):
+        config = s.suggest(f"t{i}")
+        point = (config["prompt.length"], config["optim.base_lr"])
+        seen.append(point)
+        acc = 0.9 if point == (10, 1) else 0.1  # one point far better: TPE keeps proposing it
+        for epoch in range(1, 5):
+            s.on_trial_result(f"t{i}", {"val_acc": acc, "epoch": epoch})
+        s.on_trial_complete(f"t{i}", {"val_acc": acc, "epoch": 4})
+    assert len(set(seen)) == 12  # all twelve points, none twice
+    study = load_studies(tmp_path / "j")["mini/digits"]
+    trained = [t for t in study.trials if t.user_attrs.get("status") != "duplicate"]
+    assert len(trained) == 12 and len(study.trials) <= 12 * (MAX_DUPLICATE_ASKS + 1)
+    untried = [t for t in trained if t.user_attrs.get(UNTRIED_ATTR) == "untried"]
+    assert all(t.state == TrialState.COMPLETE for t in untried)
+    if algorithm == "random":  # seeded, so exact: twelve uniform draws from twelve points repeat some
+        assert untried
+    # Every point trained: nothing untried is left, so a duplicate runs (the budget is the user's).
+    config = s.suggest("t12")
+    assert (config["prompt.length"], config["optim.base_lr"]) in seen
 
 
 def _as_replayed(trials) -> list[tuple]:

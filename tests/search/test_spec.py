@@ -170,6 +170,37 @@ params:
     ]
 
 
+def test_define_by_run_points_are_the_optuna_params_of_every_configuration() -> None:
+    """What the searcher draws an untried configuration from: the sampled params of each point
+    (fixed values are no Optuna params), conditional on the method; None for a range."""
+    raw = {
+        **yaml.safe_load(GOOD),
+        "method": {"choice": ["vpt", "linear"]},
+        "params": {
+            "prompt.length": {"choice": [1, 5]},
+            "optim.base_lr": 0.5,
+            "optim.weight_decay": {"choice": [0.0, 0.1]},
+        },
+    }
+    points = define_by_run(spec_from_dict(raw)).points()
+    assert points == [
+        {"method": "vpt", "prompt.length": 1, "optim.weight_decay": 0.0},
+        {"method": "vpt", "prompt.length": 1, "optim.weight_decay": 0.1},
+        {"method": "vpt", "prompt.length": 5, "optim.weight_decay": 0.0},
+        {"method": "vpt", "prompt.length": 5, "optim.weight_decay": 0.1},
+        {"method": "linear", "optim.weight_decay": 0.0},
+        {"method": "linear", "optim.weight_decay": 0.1},
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):  # each is what an Optuna trial of this space holds as its params
+        trial = study.ask()
+        define_by_run(spec_from_dict(raw))(trial)
+        assert trial.params in points
+    assert define_by_run(spec_from_dict(raw)).points(limit=5) is None  # too many to enumerate
+    ranged = {**raw, "params": {**raw["params"], "optim.base_lr": {"loguniform": [0.05, 50]}}}
+    assert define_by_run(spec_from_dict(ranged)).points() is None
+
+
 def test_shipped_search_spaces_are_valid() -> None:
     spaces = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
     names = {p.stem for p in spaces}

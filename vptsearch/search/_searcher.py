@@ -27,6 +27,9 @@ from vptsearch._hashing import sha256_bytes
 from vptsearch.search._journal import WorkingCopyJournalStorage, journal_batch, journal_storage, load_studies
 from vptsearch.search._state import DriverStateMixin
 from vptsearch.search._tpe import WindowedTPESampler, _study_gamma
+from vptsearch.search._untried import ATTR as UNTRIED_ATTR
+from vptsearch.search._untried import params_key as _params_key
+from vptsearch.search._untried import pick_untried
 from vptsearch.search._warm_start import ATTR as WARM_START_ATTR
 from vptsearch.search._warm_start import WarmStart
 from vptsearch.spec import SearchSpec, define_by_run, grid_configs
@@ -71,6 +74,7 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         study_name: str,
         storage: BaseStorage | None,
         max_epochs: int,
+        seed: int = 0,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         # The names Ray's OptunaSearch gave the same state (this class subclassed it once): a searcher
@@ -78,6 +82,7 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         self._space = space
         self._storage = storage  # None: the study's own in-memory storage
         self._max_epochs = max_epochs
+        self._seed = seed  # of the untried-point draw (the sampler's own seed is the sampler's)
         self._ot_study = optuna.create_study(
             storage=storage,
             sampler=sampler,
@@ -104,8 +109,9 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         On a discrete space TPE re-proposes configurations it has already seen (it models the good
         region, not the set of tried points); retraining one costs a whole trial for a value we
         know. Such a proposal is told to Optuna at once with the known value (so the model still
-        counts it) and the study is asked again; after ``MAX_DUPLICATE_ASKS`` duplicates in a row
-        (the space is nearly exhausted) the duplicate runs.
+        counts it) and the study is asked again. After ``MAX_DUPLICATE_ASKS`` duplicates in a row
+        the trial takes an untried point of a finite space instead (:mod:`._untried`); when every
+        point is completed or running, or the space is not finite, the last duplicate runs.
         """
         with journal_batch(self._storage):
             return self._suggest_new(trial_id)
@@ -121,6 +127,10 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
             ot_trial.set_user_attr("status", "duplicate")
             self._ot_study.tell(ot_trial, known[key], state=TrialState.COMPLETE)
             del self._ot_trials[trial_id]
+        points = getattr(self._space, "points", lambda: None)()
+        untried = None if points is None else pick_untried(self._ot_study, points, self._seed)
+        if untried is not None:  # asked next: a trial with every param fixed never calls the sampler
+            self._ot_study.enqueue_trial(untried, user_attrs={UNTRIED_ATTR: "untried"})
         return self._ask(trial_id)
 
     def _ask(self, trial_id: str) -> dict[str, Any]:
@@ -180,7 +190,9 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         self._completed_trials.add(trial_id)
 
 
-MAX_DUPLICATE_ASKS = 20
+# TPE asks in a row that may return trained points before an untried one is taken: enough for TPE
+# to leave a well-known region on its own, few enough that an exhausted region costs little.
+MAX_DUPLICATE_ASKS = 3
 
 
 class _SampledValues:
@@ -209,10 +221,6 @@ def _stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
     storage = trial.storage
     study_id = storage.get_study_id_from_name(study.study_name)
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
-
-
-def _params_key(params: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(sorted(params.items()))
 
 
 def trial_status(result: Mapping[str, Any] | None, max_epochs: int, error: bool = False) -> str:
@@ -260,6 +268,7 @@ def make_task_searcher(
         study_name=task,
         storage=_launch_storage(journal),
         max_epochs=spec.training.epochs,
+        seed=seed,
     )
 
 

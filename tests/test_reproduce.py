@@ -719,6 +719,7 @@ def test_convergence_check_lists_cells_under_the_probe_and_judges_longer_curves(
     assert gap.verdict(run(15, 0.20), run(60, 0.29)) == "closes"
     assert gap.verdict(run(15, 0.20), run(60, 0.25)) == "narrows"  # half of the 10-point gap
     assert gap.verdict(run(15, 0.20), run(60, 0.22)) == "no"
+    assert gap.verdict(run(15, 0.29), run(60, 0.30)) == "none to close"
     entries = {"a": run(15, 0.20), "b": run(60, 0.25), "lonely": {**run(15, 0.1), "task": "mini/c"}}
     table = gap.convergence_md(entries)
     assert "| repro_main_sup_linear | b | 2.0 | 10.0 | 30.0 | 20.0 (15 ep) | 25.0 (60 ep) |" in table

@@ -304,9 +304,9 @@ def _convergence(res: dict[str, Any], convergence: dict[str, Any]) -> list[str]:
         lines += ["How long the linear head needs (`pipelines/repro_convergence.py --head-only`): the "
                   "linear winner's head alone on the frozen features computed once, standardised exactly "
                   "with train800's statistics, trained with the same SGD recipe (lr = base × 32/256, "
-                  "momentum 0.9, cosine, batch 32, seed 0) for more epochs; val200 accuracy, train800 "
-                  "accuracy in brackets, beside the probe (its C was chosen on val200) and the probe "
-                  "almost unregularised.", "", heads, ""]
+                  "momentum 0.9, cosine without warm-up, batch 32, seed 0) for more epochs; val200 "
+                  "accuracy, train800 accuracy in brackets, beside the probe (its C was chosen on "
+                  "val200) and the probe almost unregularised.", "", heads, ""]
     return lines
 
 

@@ -17,7 +17,7 @@ more epochs was under-trained at 15 epochs, one that does not has another cause.
 ``--head-only`` asks how long the linear cells would need: the head alone, on the frozen features
 computed once (the probe's features, standardised exactly with train800's statistics instead of
 BatchNorm's batch statistics), trained with the winner's SGD recipe (lr = base x batch/256, momentum
-0.9, cosine, batch 32) for 15 to 1 500 epochs, in seconds rather than hours.
+0.9, cosine without warm-up, batch 32) for 15 to 1 500 epochs, in seconds rather than hours.
 
 Output: ``docs/results/convergence.json`` (one entry per cell and budget; cells already there are
 skipped, so the run continues after a stop). ``pipelines/reproduce.py --report-only`` renders it

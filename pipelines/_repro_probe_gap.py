@@ -62,13 +62,18 @@ def verdict(short_run: dict[str, Any], long_run: dict[str, Any]) -> str:
     return "narrows" if gap > 0 and long_run["val_last3"] - short_run["val_last3"] >= gap / 2 else "no"
 
 
-def convergence_md(entries: dict[str, Any]) -> str:
-    """One row per measured cell: val at the reproduction's budget and at the longer one vs the probe."""
+def _by_cell(entries: dict[str, Any], kind: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """``(launch, task) -> epochs -> entry`` for the entries of one ``kind`` (``trial`` when unset)."""
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     for e in entries.values():
-        if e.get("kind", "trial") == "trial":
+        if e.get("kind", "trial") == kind:
             cells.setdefault((e["launch"], e["task"]), {})[int(e["epochs"])] = e
-    pairs = {k: v for k, v in cells.items() if len(v) >= 2}
+    return cells
+
+
+def convergence_md(entries: dict[str, Any]) -> str:
+    """One row per measured cell: val at the reproduction's budget and at the longer one vs the probe."""
+    pairs = {k: v for k, v in _by_cell(entries, "trial").items() if len(v) >= 2}
     if not pairs:
         return ""
     lines = ["| launch | task | base lr | probe C | probe val | val, short | val, long "
@@ -85,10 +90,7 @@ def convergence_md(entries: dict[str, Any]) -> str:
 
 def head_only_md(entries: dict[str, Any]) -> str:
     """The linear cells' head on cached features: val (train) accuracy per number of epochs."""
-    cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for e in entries.values():
-        if e.get("kind") == "head_only":
-            cells.setdefault((e["launch"], e["task"]), {})[int(e["epochs"])] = e
+    cells = _by_cell(entries, "head_only")
     if not cells:
         return ""
     grid = sorted({ep for by in cells.values() for ep in by})

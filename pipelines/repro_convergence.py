@@ -67,6 +67,11 @@ def head_cell_id(launch: str, task: str, epochs: int) -> str:
     return f"head:{launch}:{task}:{epochs}"
 
 
+def backbone_of(launch: str) -> str:
+    """The BACKBONES key in a main-study launch name: ``repro_main_<backbone>_<variant>``."""
+    return launch.split("_")[2]
+
+
 def winner(launch: str, task: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The launch record's winning config, its search val accuracy and the task's probe."""
     path = RECORDS / f"{launch}.json"
@@ -86,7 +91,7 @@ def measure(launch: str, task: str, epochs: int, threads: int) -> dict[str, Any]
     from vptsearch.train import ListReporter, run_trial
 
     config, best, probe = winner(launch, task)
-    backbone = launch.split("_")[2]
+    backbone = backbone_of(launch)
     sizes = dataclasses.replace(FULL, epochs=epochs)
     params = {k: v for k, v in config.items() if k != "method"}
     lc = Launch("main", backbone, config["method"], config["method"], params, (task,),
@@ -123,7 +128,7 @@ def head_only(launch: str, task: str, epochs_grid: tuple[int, ...] = HEAD_EPOCHS
     config, _, probe = winner(launch, task)
     if config["method"] != "linear":
         raise SystemExit(f"--head-only: {launch} is method {config['method']!r}; only linear cells qualify")
-    bb = load_backbone(BACKBONES[launch.split("_")[2]])
+    bb = load_backbone(BACKBONES[backbone_of(launch)])
     info = get_task(task)
     model = build_model(bb, info.num_classes, method="linear")
     train, val = (split_features(model, task, s, root=None, image_size=bb.image_size, mean=bb.mean,

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -72,6 +73,18 @@ def _library_output() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``vptsearch data list | head -1``): stop quietly.
+
+    Python's recipe (docs of the signal module): point stdout at devnull, so the interpreter's
+    last flush of what is still buffered does not print a second BrokenPipeError; exit status 1.
+    """
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no file behind stdout: no flush
+        fd = sys.stdout.fileno()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -85,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with _library_output():
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows up here, not as a traceback at exit
+            return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except VptsearchError as exc:
         print(f"vptsearch: error: {exc}", file=sys.stderr)
         return 2

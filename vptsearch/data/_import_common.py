@@ -1,5 +1,6 @@
 """What every importer shares: the names an imported task may take, the refusals checked before
-any image is read, and reading one image file into a :class:`Sample`."""
+any image is read (names, images outside the source folder), and reading one image file into a
+:class:`Sample`."""
 
 from __future__ import annotations
 
@@ -59,6 +60,25 @@ def refuse_rebuild(name: str, root: str | os.PathLike | None, overwrite: bool) -
     base = data_root(root)
     if not overwrite and not isinstance(base, str) and (base / name / MANIFEST).exists():
         raise already_built(name, base / name)
+
+
+def image_inside(base: Path, rel: str, where: str) -> Path:
+    """``base / rel`` with every symlink resolved, refused unless it stays inside ``base``.
+
+    A list file naming ``../../etc/passwd``, an absolute path, or a symlink leading out of the
+    folder would copy files from elsewhere on the machine into shards that are shared and published
+    with results; ``where`` says where ``rel`` was listed (``train.txt:3``).
+    """
+    accepted = f"accepted: paths relative to {base}, staying inside it (no '..' out, no symlink out)"
+    if Path(rel).is_absolute():
+        raise DataError(f"image {rel!r} ({where}) is an absolute path; {accepted}")
+    try:
+        root, target = base.resolve(), (base / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte in the name
+        raise DataError(f"image {rel!r} ({where}) cannot be resolved ({exc}); {accepted}") from None
+    if not target.is_relative_to(root):
+        raise DataError(f"image {rel!r} ({where}) resolves to {str(target)!r}, outside {root}; {accepted}")
+    return target
 
 
 def image_sample(path: Path, key: str, label: int, resize: int | None) -> Sample:

@@ -15,8 +15,10 @@ of the first two (first's lines, then second's), written as shards of its own li
 A folder named like a VTAB-1k task (``dtd``, ``cifar`` -> ``cifar100``) becomes ``vtab1k/<task>``;
 any other name becomes ``custom/<name>`` (or ``<suite>/<name>`` if given so), with the class count
 inferred from the labels (or the class names: ``classes.txt`` in the folder or ``class_names=``).
-Everything is read and checked before the first task is written; a task that is already built is
-replaced only with ``overwrite=True``.
+Every listed path must stay inside its task folder once symlinks are resolved (no ``..`` out, no
+absolute path, no symlink out), and splits are compared as the files they name (``./a.png`` is
+``a.png``). Everything is read and checked before the first task is written; a task that is already
+built is replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations

@@ -22,12 +22,19 @@ import numpy as np
 
 from vptsearch._errors import DataError, unknown
 from vptsearch._hashing import sha256_file
-from vptsearch.data._import_common import image_sample, refuse_mini, refuse_rebuild, target_name
+from vptsearch.data._import_common import (
+    image_inside,
+    image_sample,
+    refuse_mini,
+    refuse_rebuild,
+    target_name,
+)
 from vptsearch.data._lookup import get_task, list_tasks
 from vptsearch.data._tasks import CUSTOM_SUITE, TASKS, TaskInfo
-from vptsearch.data._writer import Sample, write_task
+from vptsearch.data._writer import Sample, check_class_names, write_task
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES |= {".ppm", ".pgm", ".pbm", ".pnm"}  # netpbm: 16-bit grey often comes as .pgm
 
 
 # --- FGVC json -----------------------------------------------------------------------------------
@@ -111,6 +118,10 @@ def import_fgvc(
     if not train:
         raise DataError(f"{src / 'train.json'} is empty")
     base = _image_base(src, Path(images_dir).expanduser() if images_dir else None, train[0][0])
+    val_from = "val.json" if (src / "val.json").is_file() else "train.json"
+    for file, entries in (("train.json", train), (val_from, val), ("test.json", test)):
+        for rel, _ in entries:
+            image_inside(base, rel, f"listed in {file}")  # before any image is read
 
     def samples(entries: list[tuple[str, int]]) -> Iterator[Sample]:
         for rel, label in entries:
@@ -188,9 +199,12 @@ def _class_files(src: Path) -> tuple[list[str], list[tuple[str, Path]]]:
     )
     if len(classes) < 2:
         raise DataError(f"image folder {src} needs at least 2 class sub-folders, found {len(classes)}")
+    check_class_names(classes, f"class folders of {src}")  # a folder name may hold a newline or tab
     files = [
         (c, p) for c in classes for p in sorted((src / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
     ]
+    for _, p in files:  # a symlink out of the folder would copy that file into the shards
+        image_inside(src, str(p.relative_to(src)), "in the image folder")
     if len(files) < 10:
         raise DataError(
             f"image folder {src} has {len(files)} images; at least 10 are needed for train/val/test"

@@ -15,11 +15,16 @@ import numpy as np
 
 from vptsearch._errors import ConfigError, DataError
 from vptsearch._hashing import sha256_file
-from vptsearch.data._import_common import check_name, refuse_mini
+from vptsearch.data._import_common import check_name, image_inside, refuse_mini
 from vptsearch.data._tasks import CUSTOM_SUITE, FGVC_SPLITS, TASKS, VTAB_SPLITS, TaskInfo
+from vptsearch.data._writer import check_class_names
 
 CLASSES_FILE = "classes.txt"
 Lists = dict[str, list[tuple[str, int]]]  # split -> [(relative image path, label)]
+Resolved = dict[str, list[Path]]  # split -> the image files of its entries, symlinks resolved
+# A label is a class index and every class needs an image, so a label of 30 digits is already a
+# typo; longer ones are refused before int() (slow for thousands of digits, refused past 4300).
+_MAX_LABEL_DIGITS = 30
 
 
 @dataclass(frozen=True)
@@ -72,17 +77,25 @@ def _read_text(path: Path) -> str:
 
 
 def read_list(path: Path) -> list[tuple[str, int]]:
-    """``relative/path label`` lines (blank lines skipped; paths may contain spaces)."""
+    """``relative/path label`` lines (blank lines skipped; paths may contain spaces), each path
+    inside the list's folder (see :func:`image_inside`)."""
     entries = []
     for lineno, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.strip().rsplit(maxsplit=1)
-        if len(parts) != 2 or not re.fullmatch(r"\d+", parts[1]):
+        # ASCII digits only: \d also matches other scripts' digits, which int() would accept
+        if len(parts) != 2 or not re.fullmatch(r"[0-9]+", parts[1]):
             raise DataError(
                 f"{path}:{lineno}: expected '<image path> <label>' with a label 0, 1, 2, ..., "
                 f"got {line.strip()[:80]!r}"
             )
+        if len(parts[1]) > _MAX_LABEL_DIGITS:
+            raise DataError(
+                f"{path}:{lineno}: label {parts[1][:20]}... ({len(parts[1])} digits) is out of range; "
+                "accepted: labels 0, 1, 2, ..., one per class, each used by an image"
+            )
+        image_inside(path.parent, parts[0], f"{path.name}:{lineno}")
         entries.append((parts[0], int(parts[1])))
     if not entries:
         raise DataError(f"{path} lists no images; accepted: lines '<image path> <label>'")
@@ -93,7 +106,9 @@ def read_class_names(spec: str | Path, where: str) -> list[str]:
     """Class names from a file (one per line, line i = label i) or a comma-separated string."""
     path = Path(spec)
     if path.is_file():
-        lines = _read_text(path).splitlines()
+        # only line ends (text mode reads \r\n and \r as \n) end a name: splitlines() would also
+        # split at \x0c, \x1c, \u2028 ... and shift every later label; those are refused below
+        lines = _read_text(path).split("\n")
         while lines and not lines[-1].strip():
             lines.pop()
         names = [line.strip() for line in lines]
@@ -112,14 +127,24 @@ def read_class_names(spec: str | Path, where: str) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"{source} names class {dupes[0]!r} twice; accepted: distinct names")
+    check_class_names(names, source)  # no newline, tab or other control character in a name
     return names
 
 
-def _check_disjoint(folder: Path, lists: Lists, a: str, b: str) -> None:
-    common = {p for p, _ in lists[a]} & {p for p, _ in lists[b]}
+def _resolved(folder: Path, lists: Lists) -> Resolved:
+    """The files the entries name: ``./images/a.png``, ``images//a.png`` and a symlink to
+    ``images/a.png`` are all that one file."""
+    return {s: [(folder / rel).resolve() for rel, _ in entries] for s, entries in lists.items()}
+
+
+def _check_disjoint(folder: Path, lists: Lists, files: Resolved, a: str, b: str) -> None:
+    in_a = dict(zip(files[a], (rel for rel, _ in lists[a]), strict=True))
+    common = [(rel, in_a[f]) for (rel, _), f in zip(lists[b], files[b], strict=True) if f in in_a]
     if common:
+        rel_b, rel_a = min(common)
+        also = f" (as {rel_b!r} in {b})" if rel_b != rel_a else ""
         raise DataError(
-            f"{folder}: image {sorted(common)[0]!r} is listed in both {a} and {b} ({len(common)} shared); "
+            f"{folder}: image {rel_a!r} is listed in both {a} and {b}{also} ({len(common)} shared); "
             "accepted: disjoint train / val / test lists (searching or testing on training images "
             "would report wrong accuracies)"
         )
@@ -146,9 +171,9 @@ def _hold_out_val(
 
 def _read_splits(
     folder: Path, layout: Layout, val_fraction: float, seed: int
-) -> tuple[Lists, dict[str, str]]:
-    """Every split's entries and where they came from; the final train split is the union of the
-    search splits when it has no list file of its own."""
+) -> tuple[Lists, dict[str, str], Resolved]:
+    """Every split's entries, where they came from and the files they name; the final train split
+    is the union of the search splits when it has no list file of its own."""
     for split in layout.required:
         if not (folder / f"{split}.txt").is_file():
             raise DataError(f"missing split list {folder / f'{split}.txt'}; accepted: {ACCEPTED_LAYOUTS}")
@@ -157,15 +182,17 @@ def _read_splits(
     how = {s: f"{s}.txt" for s in lists}
     if va not in lists:
         _hold_out_val(folder, lists, how, layout, val_fraction, seed)
-    _check_disjoint(folder, lists, tr, va)
+    files = _resolved(folder, lists)  # compared as files, not as spellings of their paths
+    _check_disjoint(folder, lists, files, tr, va)
     for s in (tr, va):
-        _check_disjoint(folder, lists, s, test)
+        _check_disjoint(folder, lists, files, s, test)
     if final not in lists:
         lists[final] = lists[tr] + lists[va]
+        files[final] = files[tr] + files[va]
         how[final] = f"{tr} + {va}"
     else:
-        _check_disjoint(folder, lists, final, test)
-    return lists, how
+        _check_disjoint(folder, lists, files, final, test)
+    return lists, how, files
 
 
 def _class_count(
@@ -204,9 +231,12 @@ def _check_every_label_used(
     # absent is another data set imported under its name.
     if k < 2:
         raise DataError(f"{folder}: every label is 0; accepted: at least 2 classes (labels 0 and 1)")
-    unused = sorted(set(range(k)) - {label for entries in lists.values() for _, label in entries})
-    if not unused:
+    # k may be a typo's 10**22: the gaps are counted from the labels used, never from range(k)
+    used = {label for entries in lists.values() for _, label in entries if label < k}
+    n_unused = k - len(used)
+    if not n_unused:
         return
+    first_unused = next(i for i in range(len(used) + 1) if i not in used)
     if registered is not None:
         source = f"task {name!r} has {k} classes"
         own = (f"; this is not the data of {name!r}: import it as your own task with "
@@ -215,7 +245,7 @@ def _check_every_label_used(
         source = f"{len(names)} class names" if names else f"the largest label is {k - 1}"
         own = ""
     raise DataError(
-        f"{folder}: no image has label {unused[0]} ({len(unused)} of labels 0..{k - 1} unused), but "
+        f"{folder}: no image has label {first_unused} ({n_unused} of labels 0..{k - 1} unused), but "
         f"{source}; accepted: labels 0..{k - 1}, each used at least once{own}"
     )
 
@@ -247,6 +277,22 @@ def _task_info(
     )
 
 
+def _check_images(folder: Path, lists: Lists, files: Resolved) -> None:
+    """Every entry names a file, and no split names one file twice (``a.png`` and ``./x/../a.png``
+    would be two samples of one image)."""
+    for split, entries in lists.items():
+        seen: dict[Path, str] = {}
+        for (rel, _), file in zip(entries, files[split], strict=True):
+            if file in seen:
+                raise DataError(
+                    f"{folder}: image {rel!r} is listed twice in {split} (also as {seen[file]!r}); "
+                    "accepted: each image once per split"
+                )
+            if not file.is_file():
+                raise DataError(f"cannot read image {folder / rel} (listed in {split}): no such file")
+            seen[file] = rel
+
+
 def plan_folder(
     folder: Path, name: str, layout: Layout, class_names: str | None, preprocessing: str,
     val_fraction: float, seed: int,
@@ -254,7 +300,7 @@ def plan_folder(
     """Read and check the task folder ``folder`` as task ``name``; nothing is written."""
     check_name(name, folder)
     refuse_mini(name, folder)
-    lists, how = _read_splits(folder, layout, val_fraction, seed)
+    lists, how, files = _read_splits(folder, layout, val_fraction, seed)
     if class_names is not None:
         names = read_class_names(class_names, f"for {folder}")
     elif (folder / CLASSES_FILE).is_file():
@@ -264,10 +310,7 @@ def plan_folder(
     registered = TASKS.get(name) if name in TASKS else None
     k = _class_count(folder, name, registered, names, lists, how)
     _check_every_label_used(folder, name, registered, names, k, lists)
-    for split, entries in lists.items():
-        for rel, _ in entries:
-            if not (folder / rel).is_file():
-                raise DataError(f"cannot read image {folder / rel} (listed in {split}): no such file")
+    _check_images(folder, lists, files)
     info = _task_info(folder, name, layout, registered, k, lists, preprocessing)
     shas = {p.name: sha256_file(p) for p in sorted(folder.glob("*.txt"))}
     return Plan(folder, info, lists, names or [str(i) for i in range(k)], how, shas)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from vptsearch.data._tasks import TaskInfo, data_root
 SHARD_PATTERN = "{split}-%06d.tar"
 DEFAULT_MAXCOUNT = 500  # samples per shard: several shards per split so 2 workers can share a split
 _TAR_MTIME = 0  # fixed header fields -> reproducible tar bytes
+# control characters and line/paragraph separators: `predict` prints "image<TAB>class<TAB>prob" lines
+_BAD_NAME_CHARS = ("Cc", "Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,30 @@ class Sample:
     image: np.ndarray | bytes
     label: int
     source: str = ""  # where it came from (a file path), used in error messages
+
+
+def check_class_names(names: list[str], source: str) -> None:
+    """Class names are one printable line each, non-empty and distinct (label i = names[i]).
+
+    ``predict`` prints one ``image<TAB>class<TAB>prob`` line per image and classes.txt holds one
+    name per line: a newline, tab or other control character in a name would break both.
+    """
+    accepted = "accepted: distinct, non-empty names without newlines, tabs or other control characters"
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"class name {name!r} of label {i} ({source}) is empty; {accepted}")
+        bad = next((c for c in name if unicodedata.category(c) in _BAD_NAME_CHARS), None)
+        if bad is not None:
+            raise DataError(
+                f"class name {name!r} of label {i} ({source}) contains control character {bad!r}; {accepted}"
+            )
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise DataError(
+                f"class name {name!r} ({source}) is given to labels {first[name]} and {i}; {accepted}"
+            )
+        first[name] = i
 
 
 def _encode(sample: Sample, split: str, task: TaskInfo) -> tuple[dict[str, Any], tuple[int, int]]:
@@ -101,6 +128,7 @@ def write_task(
         raise DataError(
             f"task {info.name!r} has {info.num_classes} classes but {len(class_names)} class names"
         )
+    check_class_names(list(class_names), f"task {info.name!r}")
     dest = base / info.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

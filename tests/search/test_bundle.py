@@ -1,18 +1,22 @@
 """Bundles without Ray: ensemble round trip, one-seed compatibility, head norm, per-launch layout,
-the backbone record, format 1 bundles, file modes, and predict/export on the command line."""
+the backbone record, format 1 bundles, file modes, the bundle's own checksums and finite values,
+and predict/export on the command line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import stat
+import struct
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from vptsearch._errors import ConfigError
 from vptsearch.cli import main
 from vptsearch.search import _bundle, _bundle_load
 from vptsearch.search._export import export_bundles
@@ -41,6 +45,29 @@ def two_seeds(base, tmp_path_factory):
     run_dir, models = make_launch(base, root, seeds=(0, 1))
     bundles = export_bundles(run_dir)
     return run_dir, models, bundles[TASK], root
+
+
+def _rewrite(d: Path, file: str, tensors: dict) -> None:
+    """Replace a member file and record its new sha256, as an export would have."""
+    save_file(tensors, str(d / file))
+    meta = json.loads((d / "bundle.json").read_text())
+    for m in meta["members"]:
+        if m["file"] == file:
+            m["sha256"] = hashlib.sha256((d / file).read_bytes()).hexdigest()
+    (d / "bundle.json").write_text(json.dumps(meta))
+
+
+def flip_byte(path: Path, tensor: str) -> None:
+    """Change one byte of ``tensor``'s data in a safetensors file (header: u64 length + JSON)."""
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    start = json.loads(data[8 : 8 + n])[tensor]["data_offsets"][0]
+    data[8 + n + start] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _listing(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
 def _x(n: int = 4) -> torch.Tensor:
@@ -104,7 +131,7 @@ def test_head_norm_statistics_travel_and_missing_ones_are_named(base, tmp_path, 
     with torch.no_grad():
         assert torch.equal(model(_x()), models[0](_x()))
 
-    save_file({k: v for k, v in w.items() if not k.startswith("head_norm.")}, str(d / "prompts.safetensors"))
+    _rewrite(d, "prompts.safetensors", {k: v for k, v in w.items() if not k.startswith("head_norm.")})
     img = save_png(tmp_path / "a.png")
     assert main(["predict", "--bundle", str(d), str(img)]) == 2
     err = capsys.readouterr().err.strip()
@@ -236,3 +263,84 @@ def test_reexport_reuses_the_stored_ensemble_accuracy(two_seeds, tmp_path, monke
     again = export_bundles(run_dir, tmp_path / "re")[TASK]
     assert json.loads((again / "bundle.json").read_text())["ensemble"]["test_accuracy"] == stored
     assert Path(again).parent.parent == (tmp_path / "re").resolve()
+
+
+def test_bundle_json_records_the_sha256_of_each_member_file(two_seeds) -> None:
+    _, _, d, _ = two_seeds
+    meta = json.loads((d / "bundle.json").read_text())
+    for m in meta["members"]:
+        assert m["sha256"] == hashlib.sha256((d / m["file"]).read_bytes()).hexdigest(), m["file"]
+
+
+@pytest.mark.parametrize("file", ["prompts.safetensors", "prompts-seed1.safetensors"])
+def test_one_changed_byte_of_head_bias_is_refused(file, two_seeds, tmp_path, capsys) -> None:
+    _, _, good, _ = two_seeds
+    d = tmp_path / "b"
+    shutil.copytree(good, d)
+    flip_byte(d / file, "head.bias")
+    before = _listing(d)
+    img = save_png(tmp_path / "a.png")
+    assert main(["predict", "--bundle", str(d), "--json", str(img)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    assert str(d / file) in err and "modified or corrupted" in err and "re-export" in err
+    assert _listing(d) == before  # nothing rewritten, nothing added
+    with pytest.raises(ConfigError, match="modified or corrupted"):
+        _bundle.read_bundle(d) if file == "prompts.safetensors" else _bundle.load_bundle(d, seed=1)
+
+
+def test_bundles_written_before_the_checksum_still_load(two_seeds, tmp_path, capsys) -> None:
+    _, models, good, _ = two_seeds
+    d = tmp_path / "old"
+    shutil.copytree(good, d)
+    meta = json.loads((d / "bundle.json").read_text())
+    for m in meta["members"]:
+        del m["sha256"]
+    (d / "bundle.json").write_text(json.dumps(meta))
+    model, _ = _bundle.load_bundle(d, seed=1)
+    with torch.no_grad():
+        assert torch.equal(model(_x()), models[1](_x()))
+    assert main(["predict", "--bundle", str(d), str(save_png(tmp_path / "a.png"))]) == 0
+    capsys.readouterr()
+
+    meta["members"][0]["sha256"] = "not-a-digest"
+    (d / "bundle.json").write_text(json.dumps(meta))
+    assert main(["predict", "--bundle", str(d), str(save_png(tmp_path / "a.png"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(d / "bundle.json") in err and "sha256: 64 hex digits" in err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_bundle_tensors_are_refused_at_load(value, two_seeds, tmp_path, capsys) -> None:
+    _, _, good, _ = two_seeds
+    d = tmp_path / "b"
+    shutil.copytree(good, d)
+    w = load_file(str(d / "prompts.safetensors"))
+    w["head.bias"][1] = value
+    _rewrite(d, "prompts.safetensors", w)  # recorded digest matches: the values themselves are refused
+    before = _listing(d)
+    img = save_png(tmp_path / "a.png")
+    assert main(["predict", "--bundle", str(d), "--json", str(img)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    assert str(d / "prompts.safetensors") in err and "head.bias" in err and "non-finite" in err
+    assert "accepted: finite values only" in err
+    assert _listing(d) == before
+
+
+def test_non_finite_outputs_are_refused_at_predict(two_seeds, tmp_path, capsys) -> None:
+    _, _, good, _ = two_seeds
+    d = tmp_path / "b"
+    shutil.copytree(good, d)
+    for file in ("prompts.safetensors", "prompts-seed1.safetensors"):
+        w = load_file(str(d / file))
+        w["head.weight"] = torch.full_like(w["head.weight"], 3e38)  # finite, but the logits overflow
+        _rewrite(d, file, w)
+    img = save_png(tmp_path / "a.png")
+    assert main(["predict", "--bundle", str(d), "--json", str(img)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    assert str(d) in err and str(img) in err and "non-finite outputs" in err and "accepted:" in err

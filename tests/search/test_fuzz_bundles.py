@@ -11,7 +11,7 @@ import pytest
 from vptsearch.cli import main
 
 from ._fake_launch import TASK, make_launch, png_header, save_png
-from .test_bundle import base  # noqa: F401  (module fixture)
+from .test_bundle import base, flip_byte  # noqa: F401  (module fixture)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,18 @@ CASES = {
     "member missing": (lambda d: (d / "prompts-seed1.safetensors").unlink(), "prompts-seed1.safetensors"),
     "class names": (lambda d: _set(d, class_names=["a"]), "class_names"),
     "backbone text": (lambda d: _set(d, backbone="vit"), "backbone"),
+    "one byte of head.bias": (
+        lambda d: flip_byte(d / "prompts.safetensors", "head.bias"),
+        "modified or corrupted",
+    ),
+    "one byte of a member": (
+        lambda d: flip_byte(d / "prompts-seed1.safetensors", "prompt_tokens"),
+        "prompts-seed1.safetensors: sha256",
+    ),
+    "sha256 not hex": (
+        lambda d: _set(d, members=[{**_meta(d)["members"][0], "sha256": "ff"}]),
+        "sha256: 64 hex digits",
+    ),
     "no bundle.json": (lambda d: (d / "bundle.json").unlink(), "not a vptsearch bundle"),
 }
 

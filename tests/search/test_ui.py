@@ -67,6 +67,8 @@ def test_ui_serves_the_store_and_stops_only_its_own_server(tmp_path, monkeypatch
     port = _free_port()
     assert main(["ui", "--tracking-uri", uri, "--port", str(port)]) == 0
     state = json.loads((tmp_path / ".vptsearch" / "ui.json").read_text())
+    # what --stop checks before signalling (a pid alone may name another process by then)
+    assert isinstance(state["started"], int) and "mlflow" in state["cmdline"] and "ui" in state["cmdline"]
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
         with urllib.request.urlopen(url, timeout=10) as r:

@@ -9,9 +9,11 @@
   (``backbones info`` keys, and the weights file: name, sha256, where it comes from),
   preprocessing, method options, hyper-parameters, seeds and accuracies.
 
-:func:`load_bundle` verifies the backbone's sha256 and, for a bundle of several seeds, returns the
-ensemble that averages their logits (``seed=S`` picks one member). Every malformed part is one
-line naming the file and what is accepted. Format 1 bundles (one seed, older backbone keys) load too.
+:func:`load_bundle` verifies the backbone's sha256 and each member file's own (recorded in
+``members`` when the bundle is written; bundles written before that have none and still load),
+refuses NaN or inf tensors and, for a bundle of several seeds, returns the ensemble that averages
+their logits (``seed=S`` picks one member). Every malformed part is one line naming the file and
+what is accepted. Format 1 bundles (one seed, older backbone keys) load too.
 
 This module writes bundles and holds the bundle API; the parts live beside it: the files and their
 checks in :mod:`._bundle_format`, rebuilding the model in :mod:`._bundle_load`, predictions and
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 
+from vptsearch._hashing import sha256_file
 from vptsearch.search._bundle_format import (
     BUNDLE_JSON,
     FORMAT_VERSION,
@@ -68,10 +71,15 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_meta(out_dir: str | Path, meta: Mapping[str, Any]) -> Path:
-    path = Path(out_dir) / BUNDLE_JSON
-    body = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=str)
-    _write_bytes(path, body.encode())
-    return path
+    """Write bundle.json, after the member files: each member gets the sha256 of its file as it is
+    in the folder now, so a later change to a bundle's tensors is refused at load."""
+    out = Path(out_dir)
+    record = {"format_version": FORMAT_VERSION, **meta}
+    if "members" in meta:
+        record["members"] = [{**m, "sha256": sha256_file(out / m["file"])} for m in meta["members"]]
+    body = json.dumps(record, indent=2, default=str)
+    _write_bytes(out / BUNDLE_JSON, body.encode())
+    return out / BUNDLE_JSON
 
 
 def write_bundle(
@@ -93,7 +101,6 @@ def write_bundle(
             stale.unlink()
     write_meta(out, meta)
     return out
-
 
 
 def backbone_record(backbone: Any, name: str, weights: str | None) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The files of a bundle folder and their checks (the layout is in :mod:`vptsearch.search._bundle`).
 
 :func:`read_meta` reads and verifies ``bundle.json`` (its format version, keys, types and members),
-:func:`read_tensors` one safetensors file; every malformed part is one line naming the file and what
-is accepted, with the command that exports the bundle again.
+:func:`read_tensors` one safetensors file, :func:`read_member` one member's file checked against the
+sha256 bundle.json recorded for it and for non-finite values; every malformed part is one line
+naming the file and what is accepted, with the command that exports the bundle again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,17 +17,25 @@ from typing import Any
 import torch
 
 from vptsearch._errors import ConfigError
+from vptsearch._hashing import sha256_bytes
+from vptsearch.spec._fields import unsafe_name
 
 BUNDLE_JSON, WEIGHTS = "bundle.json", "prompts.safetensors"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 REEXPORT = "vptsearch export --run-dir RUN_DIR"
 _REQUIRED = ("num_classes", "method", "backbone", "image_size", "mean", "std")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def task_dirname(task: str) -> str:
-    """``mini/digits`` -> ``mini__digits`` (one flat folder per task)."""
-    return task.replace("/", "__")
+    """``mini/digits`` -> ``mini__digits`` (one flat folder per task, under ``final/`` and in the
+    export dir); a name that would not be one safe folder (``../x``, ``.x``) is refused."""
+    leaf = task.replace("/", "__")
+    problem = unsafe_name(leaf)
+    if problem:
+        raise ConfigError(f"task {task!r}: its folder {problem}")
+    return leaf
 
 
 def member_file(seed: int, exported: bool) -> str:
@@ -111,12 +121,14 @@ def _members(path: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         isinstance(m, dict) and isinstance(m.get("seed"), int) and isinstance(m.get("file"), str)
         # a plain file name in this folder: a bundle must not make predict read elsewhere
         and m["file"] == Path(m["file"]).name and m["file"].endswith(".safetensors")
+        # sha256: optional, bundles written before it was recorded have none (compatibility)
+        and (m.get("sha256") is None or (isinstance(m["sha256"], str) and _SHA256.fullmatch(m["sha256"])))
         for m in members
     )  # fmt: skip
     if not ok:
         raise ConfigError(
-            f"{path}: members must be a non-empty list of {{seed: int, file: NAME.safetensors}} "
-            f"(files in the bundle folder); got {members!r}"[:400]
+            f"{path}: members must be a non-empty list of {{seed: int, file: NAME.safetensors, "
+            f"sha256: 64 hex digits}} (files in the bundle folder); got {members!r}"[:400]
         )
     for m in members:
         if not (path.parent / m["file"]).is_file():
@@ -126,22 +138,67 @@ def _members(path: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(m) for m in members]
 
 
-def read_tensors(path: str | Path, meta: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """One safetensors file of a bundle; a truncated or foreign file is one line naming it."""
-    from safetensors.torch import load_file
+def read_tensors(
+    path: str | Path, meta: Mapping[str, Any] | None = None, *, sha256: str | None = None
+) -> dict[str, torch.Tensor]:
+    """One safetensors file of a bundle; a truncated or foreign file is one line naming it.
+
+    ``sha256``: the digest the file must have (checked on the very bytes that are then parsed).
+    """
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path))
-    except Exception as exc:  # SafetensorError (truncated, bad header), OSError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc, meta) from None
+    if sha256 is not None:  # before parsing: a changed file is named as changed, not as malformed
+        _check_digest(path, data, sha256, meta)
+    try:
+        return load(data)
+    except Exception as exc:  # SafetensorError (truncated, bad header)
+        raise _unreadable(path, exc, meta) from None
+
+
+def _unreadable(path: str | Path, exc: Exception, meta: Mapping[str, Any] | None) -> ConfigError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return ConfigError(
+        f"{path}: not a readable safetensors file ({first}); expected the tensors a vptsearch "
+        f"export writes (re-export with `{reexport_hint(meta)}`)"
+    )
+
+
+def _check_digest(path: str | Path, data: bytes, sha256: str, meta: Mapping[str, Any] | None) -> None:
+    got = sha256_bytes(data)
+    if got != sha256:
         raise ConfigError(
-            f"{path}: not a readable safetensors file ({first}); expected the tensors a vptsearch "
-            f"export writes (re-export with `{reexport_hint(meta)}`)"
-        ) from None
+            f"{path}: sha256 {got} differs from the {sha256} that bundle.json recorded when the "
+            f"bundle was written: the file was modified or corrupted since; accepted: the file as "
+            f"exported (re-export with `{reexport_hint(meta)}`)"
+        )
+
+
+def read_member(member: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of one member of a bundle read by :func:`read_meta`: its file's sha256 checked
+    when bundle.json records one (bundles written before it was recorded have none and still load:
+    compatibility), and every tensor finite (a NaN or inf would make predict print ``nan``)."""
+    path = Path(meta["_dir"]) / member["file"]
+    tensors = read_tensors(path, meta, sha256=member.get("sha256"))
+    check_finite(path, tensors, meta)
+    return tensors
+
+
+def check_finite(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(
+                f"{path}: tensor {name} holds {int((~torch.isfinite(t)).sum())} non-finite value(s) "
+                f"(NaN or inf); accepted: finite values only (a diverged training or a changed file: "
+                f"retrain, or re-export with `{reexport_hint(meta)}`)"
+            )
 
 
 def read_bundle(bundle_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(bundle.json, the exported seed's tensors)``."""
+    """``(bundle.json, the exported seed's tensors)``, checked like :func:`read_member`."""
     meta = read_meta(bundle_dir)
-    return meta, read_tensors(Path(meta["_dir"]) / WEIGHTS, meta)
-
+    member = next((m for m in meta["members"] if m["file"] == WEIGHTS), {"file": WEIGHTS})
+    return meta, read_member(member, meta)

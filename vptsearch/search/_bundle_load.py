@@ -1,5 +1,6 @@
 """Rebuilding a bundle's model: its backbone (sha256 verified), ``build_model`` with the recorded
-method options, and the trained tensors of one member or the ensemble of all of them."""
+method options, and the trained tensors of one member or the ensemble of all of them (each file
+checked against the sha256 bundle.json recorded for it, and refused when it holds NaN or inf)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from vptsearch._errors import ConfigError
-from vptsearch.search._bundle_format import read_meta, read_tensors, reexport_hint
+from vptsearch.search._bundle_format import read_member, read_meta, reexport_hint
 
 
 def _load_args(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,7 +85,8 @@ def load_bundle(
         if not members:
             seeds = ", ".join(str(m["seed"]) for m in meta["members"])
             raise ConfigError(f"seed {seed} is not in bundle {str(d)!r}; accepted: {seeds}")
-    tensors = [read_tensors(d / m["file"], meta) for m in members]  # before the backbone: fail fast
+    # before the backbone (fail fast): each file's recorded sha256, and finite values only
+    tensors = [read_member(m, meta) for m in members]
     backbone = load_backbone(b["name"], **_load_args(meta))
     if verify:
         if b.get("sha256") is None:

@@ -11,15 +11,16 @@ from typing import Any
 
 import torch
 
-from vptsearch._errors import ConfigError
+from vptsearch._errors import ConfigError, DataError
 from vptsearch.search._bundle_format import read_meta
 from vptsearch.search._bundle_load import load_bundle
 
 
 def _read_image(path: str | Path) -> Any:
     """An RGB uint8 array; unreadable, truncated or oversized images are one line naming the file."""
-    import numpy as np
     from PIL import Image
+
+    from vptsearch.data._codec import to_rgb
 
     limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -27,7 +28,7 @@ def _read_image(path: str | Path) -> Any:
             # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse both the same way
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return np.asarray(img.convert("RGB")).copy()
+                return to_rgb(img)  # the importers' conversion: 16-bit, float, alpha as in training
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ConfigError(
             f"image {str(path)!r} has more pixels than the {limit} accepted (PIL's decompression-bomb "
@@ -90,7 +91,9 @@ def predict(
             out[i]["error"] = str(exc)
     for start in range(0, len(good), batch_size):  # bounded memory for many images
         chunk = good[start : start + batch_size]
-        probs = model(torch.stack([x for _, x in chunk])).softmax(-1)
+        logits = model(torch.stack([x for _, x in chunk]))
+        _check_finite_outputs(bundle_dir, logits, [images[i] for i, _ in chunk])
+        probs = logits.softmax(-1)
         for (i, _), p in zip(chunk, probs, strict=True):
             values, idx = p.topk(min(top_k, len(names)))
             out[i].update(
@@ -100,6 +103,19 @@ def predict(
                 top=[(names[int(j)], float(v)) for v, j in zip(values, idx, strict=True)],
             )
     return out
+
+
+def _check_finite_outputs(bundle_dir: str | Path, logits: torch.Tensor, images: Sequence[str | Path]) -> None:
+    """Finite tensors can still give NaN/inf logits (a backbone loaded with --no-verify, an
+    overflow): refuse them rather than print ``nan`` probabilities (``--json`` would emit ``NaN``,
+    which is not JSON)."""
+    bad = ~torch.isfinite(logits).all(-1)
+    if bool(bad.any()):
+        image = images[int(bad.nonzero()[0, 0])]
+        raise DataError(
+            f"bundle {str(bundle_dir)!r} gave non-finite outputs (NaN or inf) for image {str(image)!r}; "
+            "accepted: finite logits only (check the backbone weights, or run without --no-verify)"
+        )
 
 
 def evaluate_bundle(

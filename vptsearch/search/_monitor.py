@@ -10,7 +10,8 @@
   :func:`prometheus_config` starts from that same template (Ray's ``PROMETHEUS_YML_TEMPLATE``) and
   points it at the discovery file in Ray's *temp dir* rather than the session dir: Ray keeps that
   path as a link to the newest session, so one Prometheus follows every launch's fresh local Ray.
-  ``vptsearch monitor`` runs a Prometheus binary with that config on 127.0.0.1.
+  ``vptsearch monitor`` runs a Prometheus binary with that config on 127.0.0.1 and prints links
+  into its UI (built in :mod:`vptsearch.search._prometheus_links`).
 * **Grafana**: :func:`write_ray_dashboards` writes the default dashboards Ray generates (the ones
   the Ray dashboard embeds) for a Grafana that is not on the head node (deploy/k8s).
 """
@@ -34,7 +35,14 @@ from typing import Any
 import yaml
 
 from vptsearch._errors import ConfigError
-from vptsearch.search._processes import refuse_if_running, stop_group, stop_recorded
+from vptsearch.search._processes import refuse_if_running, stop_group, stop_recorded, write_state
+from vptsearch.search._prometheus_links import (
+    graph_url,
+    graph_window,
+    prometheus_version,
+    targets_url,
+    ui_prefix,
+)
 
 STATE = Path(".vptsearch") / "monitor.json"  # our own Prometheus, so --stop ends only that one
 DEFAULT_PORT = 9090  # the Ray dashboard looks for Prometheus here unless RAY_PROMETHEUS_HOST says
@@ -73,14 +81,27 @@ def token_hint(joined: bool | None = None) -> str:
     ``joined``: the launch joined a running cluster (default: ask Ray); else it started its own
     local Ray, whose token Ray keeps in ~/.ray/auth_token unless one was set in the environment.
     """
-    where = token_source()
+    where, ray = token_source(), ray_command()
     if not (joined_cluster() if joined is None else joined):
-        return f"token: paste the output of `ray get-auth-token` (the token in {where})"
+        return f"token: paste the output of `{ray} get-auth-token` (the token in {where})"
     # Joining worked, so this driver holds the cluster's token: the same one every node was given.
     return (
         f"token: the cluster's own, which this driver read from {where} "
-        "(compose: RAY_AUTH_TOKEN in docker/.env); `ray get-auth-token` prints it"
+        f"(compose: RAY_AUTH_TOKEN in docker/.env); `{ray} get-auth-token` prints it"
     )
+
+
+def ray_command() -> str:
+    """The ``ray`` CLI of this Python: beside ``sys.executable`` (a venv's ``bin/``, which is on no
+    PATH unless the venv is activated), else ``ray`` on PATH, else plain ``ray``.
+
+    ``sys.executable`` is not resolved: a venv's python is a link to the system one, whose folder
+    holds no ``ray``.
+    """
+    beside = Path(sys.executable).parent / "ray"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("ray") or "ray"
 
 
 # --- Prometheus -----------------------------------------------------------------------------------
@@ -203,12 +224,44 @@ def query(url: str, promql: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def graph_url(url: str, *exprs: str) -> str:
-    """A link to Prometheus's graph page showing ``exprs``."""
-    params: dict[str, str] = {}
-    for i, e in enumerate(exprs):
-        params |= {f"g{i}.expr": e, f"g{i}.tab": "0", f"g{i}.range_input": "1h"}
-    return f"{url}/graph?" + urllib.parse.urlencode(params)
+def launch_start(temp_dir: str | Path | None = None, fresh_s: float = 60.0) -> float | None:
+    """When the running local Ray (a launch's) started: the newest session's start, which its
+    folder's name records (``session_2026-01-02_08-15-00_123456_<pid>``, local time), if that
+    session still runs (its dashboard rewrites the discovery file every few seconds); else None."""
+    import re
+    from datetime import datetime
+
+    sd = discovery_file(temp_dir)
+    try:
+        target = sd.resolve(strict=True)
+        if time.time() - target.stat().st_mtime > fresh_s:
+            return None
+    except OSError:
+        return None
+    m = re.fullmatch(r"session_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d+)_\d+", target.parent.name)
+    if m is None:
+        return None
+    return datetime.strptime(m.group(1), "%Y-%m-%d_%H-%M-%S_%f").timestamp()
+
+
+def forget_targets(session_dir: str | Path, temp_dir: str | Path | None = None) -> bool:
+    """Drop an ended launch's scrape targets: remove the discovery link of Ray's temp dir when it
+    still points at ``session_dir``'s file (a newer launch's link is left alone); True if removed.
+
+    Why: Ray re-points the link at each new session but never removes it, so after a launch its
+    nodes stay listed, DOWN, until the next one. Prometheus's file discovery drops the targets of
+    a file that is gone (a dangling link would not do: a file it cannot read keeps its targets).
+    To be called by the process that started the local Ray, after ``ray.shutdown()``.
+    """
+    sd = discovery_file(temp_dir)
+    ours = Path(session_dir) / sd.name
+    try:
+        if not sd.is_symlink() or (sd.parent / os.readlink(sd)).resolve() != ours.resolve():
+            return False
+        sd.unlink()
+    except OSError:
+        return False
+    return True
 
 
 # --- Grafana --------------------------------------------------------------------------------------
@@ -240,6 +293,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the generated prometheus.yml and exit")
     p.add_argument("--grafana-dashboards", metavar="DIR",
                    help="write Ray's generated Grafana dashboards to DIR and exit")  # fmt: skip
+    p.add_argument("--graph-window", default="12h", metavar="DURATION",
+                   help="time range of the graph links, from the launch's start (default 12h)")  # fmt: skip
     p.add_argument("--stop", action="store_true", help="stop the Prometheus this command started")
     p.set_defaults(func=cmd_monitor)
 
@@ -250,6 +305,32 @@ def _interval(value: str) -> str:
     if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h)", value):
         raise ConfigError(f"--scrape-interval {value!r}: expected a duration such as 5s, 10s or 1m")
     return value
+
+
+def _print_banner(prom: Prometheus, args: argparse.Namespace, interval: str, window: str) -> None:
+    from vptsearch.search._metrics import NAMES
+
+    sd = discovery_file(args.ray_temp_dir)
+    prefix, version = ui_prefix(prom.url), prometheus_version(prom.url)
+    # a launch already running: from its start; else from now, before which this Prometheus
+    # (just started) holds nothing of the launch started next
+    start = launch_start(args.ray_temp_dir) or time.time()
+    ui = "classic UI" if prefix else "UI"
+    print(f"Prometheus: {prom.url} (pid {prom.pid}, {'version ' + version + ', ' if version else ''}"
+          f"{ui}, 127.0.0.1 only); stop it with `vptsearch monitor --stop`")  # fmt: skip
+    print(f"  scrapes:    every {interval}, the Ray nodes listed in {sd} (the local Ray's dashboard writes)")
+    print(f"  targets:    {targets_url(prom.url, prefix)}")
+    for label, expr in (("trials", f"sum by (task, phase) (ray_{NAMES['completed']})"),
+                        ("best val", f"max by (task) (ray_{NAMES['best_val_acc']})")):  # fmt: skip
+        link = graph_url(prom.url, expr, start=start, window=window, prefix=prefix)
+        print(f"  {label + ':':<11} {link}")
+    print(
+        f"  (graphs: {window} from {time.strftime('%Y-%m-%d %H:%M', time.localtime(start))}; "
+        "--graph-window changes it)"
+    )
+    if args.port != DEFAULT_PORT:
+        print(f"  Ray dashboard: launch with RAY_PROMETHEUS_HOST={prom.url} set, so it finds this Prometheus")
+    print("  then run `vptsearch launch ...` (not --no-dashboard: the dashboard writes the target list)")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -267,19 +348,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return 0
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: expected 1..65535")
+    window = graph_window(args.graph_window)
     refuse_if_running(STATE, "monitor")
     prom = start_prometheus(STATE.parent / "prometheus", args.port, args.prometheus,
                             temp_dir=args.ray_temp_dir, scrape_interval=interval)  # fmt: skip
-    STATE.write_text(json.dumps({"pid": prom.pid, "url": prom.url, "config": str(prom.config)}))
-    from vptsearch.search._metrics import NAMES
-
-    sd = discovery_file(args.ray_temp_dir)
-    print(f"Prometheus: {prom.url} (pid {prom.pid}, 127.0.0.1 only); stop it with `vptsearch monitor --stop`")
-    print(f"  scrapes:    every {interval}, the Ray nodes listed in {sd} (the local Ray's dashboard writes)")
-    print(f"  targets:    {prom.url}/targets")
-    print(f"  trials:     {graph_url(prom.url, 'sum by (task, phase) (ray_' + NAMES['completed'] + ')')}")
-    print(f"  best val:   {graph_url(prom.url, 'max by (task) (ray_' + NAMES['best_val_acc'] + ')')}")
-    if args.port != DEFAULT_PORT:
-        print(f"  Ray dashboard: launch with RAY_PROMETHEUS_HOST={prom.url} set, so it finds this Prometheus")
-    print("  then run `vptsearch launch ...` (not --no-dashboard: the dashboard writes the target list)")
+    # the pid with its start time and command line: --stop signals nothing else (pids are reused)
+    write_state(STATE, prom.pid, url=prom.url, config=str(prom.config))
+    _print_banner(prom, args, interval, window)
     return 0

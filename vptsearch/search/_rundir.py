@@ -13,12 +13,25 @@ from pathlib import Path
 from vptsearch._errors import ConfigError
 from vptsearch.search._exports import stamp_key
 from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict
+from vptsearch.spec._fields import unsafe_name
 
 SPEC_FILE, RESULTS_FILE = "spec.yaml", "results.json"
 
 
+def safe_leaf(value: str, what: str) -> str:
+    """``value`` when it is one folder name that stays where it is put, else a ConfigError.
+
+    The spec's ``name`` is checked when the spec is parsed; this checks again where folders are
+    formed (defence in depth: a spec built another way, a stamp), leaving valid names as they are.
+    """
+    problem = unsafe_name(value)
+    if problem:
+        raise ConfigError(f"{what}: {problem}")
+    return value
+
+
 def launches_dir(spec: SearchSpec) -> Path:
-    return Path(spec.run_dir).resolve() / spec.name
+    return Path(spec.run_dir).resolve() / safe_leaf(spec.name, "name")
 
 
 def latest_run_dir(spec: SearchSpec) -> Path | None:
@@ -37,8 +50,8 @@ def allocate_run_dir(base: Path, stamp: str | None = None) -> Path:
     runs and bundles from its first moment (the stamp used to be created only after preflight
     and Ray start, with ``exist_ok=True``, and two launches shared everything).
     """
+    stamp = safe_leaf(stamp or time.strftime("%Y%m%d-%H%M%S"), "launch stamp")
     base.mkdir(parents=True, exist_ok=True)
-    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
     for n in range(10_000):
         path = base / (stamp if n == 0 else f"{stamp}-{n}")
         try:

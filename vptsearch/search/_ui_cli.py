@@ -1,8 +1,8 @@
 """``vptsearch ui``: the MLflow UI on 127.0.0.1 for a launch's tracking store, started and stopped.
 
-A background UI is our own ``mlflow ui`` process group, recorded in ``.vptsearch/ui.json`` so
-``--stop`` ends only that one. Library imports sit inside the functions: the CLI starts without
-MLflow, Ray or torch.
+A background UI is our own ``mlflow ui`` process group, recorded in ``.vptsearch/ui.json`` (pid,
+start time, command line) so ``--stop`` ends only that one. Library imports sit inside the
+functions: the CLI starts without MLflow, Ray or torch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from vptsearch._errors import ConfigError
-from vptsearch.search._processes import refuse_if_running, stop_group, stop_recorded
+from vptsearch.search._processes import refuse_if_running, stop_group, stop_recorded, write_state
 from vptsearch.search._rundir import latest_run_dir
 from vptsearch.spec import load_spec
 
@@ -191,7 +191,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     check_port_free(args.port)
     with open(UI_STATE.with_suffix(".log"), "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    UI_STATE.write_text(json.dumps({"pid": proc.pid, "url": url, "uri": uri}))
+    # the pid with its start time and command line: --stop signals nothing else (pids are reused)
+    write_state(UI_STATE, proc.pid, url=url, uri=uri)
     try:
         _wait_for_ui(proc, args.port, url, timeout=60.0)
     except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,6 +19,18 @@ from typing import Any
 
 from vptsearch._errors import ConfigError
 from vptsearch.spec._messages import TYPE_WORDS, err, expect, list_name, type_name, unknown_key
+
+# A name that becomes one folder (``runs/<name>/``, ``exports/<name>/``, a task's bundle folder):
+# a ``/``, ``..`` or a leading dot would put the folder elsewhere (``name: ../../x``) or hide it.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+SAFE_NAME_RULE = "one folder name of letters, digits, '.', '_' and '-', not starting with '.'"
+
+
+def unsafe_name(value: str) -> str | None:
+    """What is wrong with ``value`` as one folder name (see ``_SAFE_NAME``), or None."""
+    if isinstance(value, str) and _SAFE_NAME.fullmatch(value):
+        return None
+    return f"{value!r} is not a safe folder name; accepted: {SAFE_NAME_RULE}"
 
 
 @dataclass(frozen=True)

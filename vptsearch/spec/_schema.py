@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from vptsearch._catalogue import DROPOUT_MASKS, METHODS
-from vptsearch.spec._fields import about, key
+from vptsearch.spec._fields import about, key, unsafe_name
 from vptsearch.spec._messages import err, expect
 from vptsearch.spec._spaces import PARAMS, Param, parse_method, parse_params
 
@@ -195,7 +195,10 @@ def _parse_params(raw: Any, done: Mapping[str, Any]) -> dict[str, Param]:
 class SearchSpec:
     """A validated search space. Build it with :func:`load_spec` or :func:`spec_from_dict`."""
 
-    name: str = key(help="space name: experiment name, run folder `runs/<name>/<stamp>`")
+    name: str = key(
+        help="space name: experiment name, run folder `runs/<name>/<stamp>`, bundles `exports/<name>/`",
+        what="one folder name: letters, digits, `.`, `_`, `-`, not starting with `.`", rule=unsafe_name,
+    )
     suite: str | tuple[str, ...] = key(
         help="`mini`, `vtab1k`, `fgvc`, or a list of tasks `[vtab1k/dtd, ...]`",
         what="a suite name or a non-empty list of tasks", parse=_parse_suite,

@@ -98,8 +98,10 @@ def time_trial(task: str, spec: Any, epochs: int) -> dict[str, Any]:
     from vptsearch.train import ListReporter, run_trial
 
     rep = ListReporter(stop_after=epochs)
+    # the space's fixed head norm: without it the probe-fitted head (the default head.init) is folded
+    # onto raw features, where SGD at this lr diverges on the sup backbone
     config = {"method": "vpt", "prompt.length": 10, "prompt.init": "random", "optim.base_lr": 2.5,
-              "optim.weight_decay": 0.0}
+              "optim.weight_decay": 0.0, "head.norm": "batchnorm"}
     run_trial(config, task=task, spec=spec, reporter=rep, threads=torch.get_num_threads())
     per_epoch = [r["epoch_seconds"] for r in rep.results]
     return {

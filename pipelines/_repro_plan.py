@@ -38,6 +38,12 @@ LR_HEAD = (4.0, 2.0, 1.0)  # linear
 LR_BODY = (2.0, 1.0, 0.5)  # bias, adapter
 LR_FULL = (0.2, 0.1, 0.05)
 HEAD_NORM = "batchnorm"  # every launch: the quickstart's head (issue 12 part 2)
+# The issue-12 head, pinned: nn.Linear's random draw trained at the prompts' lr. The defaults since
+# issue 28 fit the head first (head.init: probe, lr x 0.1), which on the sup backbone meets prompt
+# dropout badly (benchmarks/README.md "Rung signal"); the page is republished once a recipe
+# converges on both backbones. Records written before these keys existed mean exactly this.
+HEAD_INIT = "random"
+HEAD_LR_SCALE = 1.0
 PROMPT_DROPOUT = 0.1
 PROMPT_DROPOUT_MASK = "sample"  # a mask per sample, as the VPT reference implementation draws it
 OPTIMIZER = "sgd"
@@ -160,7 +166,8 @@ def spec_dict(launch: Launch, sizes: Sizes, *, run_dir: str, tracking_uri: str, 
         "run_dir": run_dir,
         "backbone": {"name": BACKBONES[launch.backbone]},
         "method": launch.method,
-        "params": {**launch.params, "head.norm": HEAD_NORM, "optim.base_lr": {"choice": list(launch.lrs)},
+        "params": {**launch.params, "head.norm": HEAD_NORM, "head.init": HEAD_INIT,
+                   "optim.head_lr_scale": HEAD_LR_SCALE, "optim.base_lr": {"choice": list(launch.lrs)},
                    "optim.weight_decay": 0.0},
         # grid: every lr once per task; no ASHA with so few trials
         "search": {"algorithm": "grid", "trials_per_task": len(launch.lrs), "max_concurrent": 2, "seed": 0},

@@ -91,6 +91,10 @@ def _as_parsed_today(recorded: dict[str, Any], spec: Any) -> dict[str, Any]:
     from vptsearch._errors import ConfigError
     from vptsearch.spec import spec_from_dict
 
+    params = recorded.get("params")
+    if isinstance(params, dict) and "head.init" not in params:
+        # before issue 28 every head started at nn.Linear's draw and trained at the prompts' lr
+        recorded = {**recorded, "params": {**params, "head.init": "random", "optim.head_lr_scale": 1.0}}
     try:
         return spec_identity(spec_from_dict({**spec.to_dict(), **recorded}, source="record"))
     except ConfigError:  # a field vptsearch no longer knows: not the same experiment any more

@@ -17,3 +17,5 @@ DEPTHS = ("shallow", "deep")
 DEEP_IMPLS = ("tokens", "prefix_kv")
 DROPOUT_MASKS = ("sample", "batch")
 HEAD_NORMS = ("none", "batchnorm")
+# vptsearch._head_init.HEAD_INITS: how a trial's linear head starts
+HEAD_INITS = ("probe", "random", "zero")

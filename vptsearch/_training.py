@@ -54,13 +54,17 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 def build_optimizer(
-    params: list[torch.nn.Parameter], spec: SearchSpec, base_lr: float, weight_decay: float
+    params: list[torch.nn.Parameter] | list[dict[str, Any]],
+    spec: SearchSpec,
+    base_lr: float,
+    weight_decay: float,
 ) -> tuple[torch.optim.Optimizer, float]:
     """The trial's optimizer and its peak lr (``training.optimizer``; the lr rule of each below).
 
     ``sgd`` (VPT paper): momentum ``training.momentum``, peak lr ``base_lr * batch_size / 256``.
     ``adamw`` (PETL benchmarks): peak lr ``base_lr`` as given, decoupled ``weight_decay``.
-    Both follow the same warm-up + cosine schedule (:func:`lr_at`).
+    Both follow the same warm-up + cosine schedule (:func:`lr_at`). ``params``: parameters, or
+    param groups (:func:`param_groups`) whose ``lr_scale`` multiplies the peak lr of their group.
     """
     tr = spec.training
     if tr.optimizer == "sgd":
@@ -69,6 +73,22 @@ def build_optimizer(
     if tr.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=base_lr, weight_decay=weight_decay), base_lr
     raise ConfigError(f"training.optimizer: unknown {tr.optimizer!r}; accepted: sgd, adamw")
+
+
+def param_groups(model: torch.nn.Module, head_lr_scale: float) -> list[dict[str, Any]]:
+    """The trained parameters of ``model`` as optimizer groups: the rest first, then the head
+    (``head.*``) with ``lr_scale`` ``head_lr_scale`` (``optim.head_lr_scale``).
+
+    A scale of 1 keeps one group, so an optimizer state saved before the head had its own group
+    still loads. Weight decay and the schedule are the optimizer's and apply to every group.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if head_lr_scale == 1.0:
+        return [{"params": [p for _, p in named], "lr_scale": 1.0}]
+    head = [p for n, p in named if n.startswith("head.")]
+    rest = [p for n, p in named if not n.startswith("head.")]
+    groups = [{"params": rest, "lr_scale": 1.0}] if rest else []
+    return groups + ([{"params": head, "lr_scale": float(head_lr_scale)}] if head else [])
 
 
 def lr_at(step: int, *, base: float, warmup_steps: int, total_steps: int) -> float:
@@ -110,8 +130,9 @@ def train_epoch(
     bad = torch.zeros((), dtype=torch.bool, device=device)
     seen = 0
     for i, (x, y) in enumerate(batches):
+        lr = lr_of(first_step + i)
         for g in opt.param_groups:
-            g["lr"] = lr_of(first_step + i)
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, precision):
             logits = model(x)

@@ -48,6 +48,8 @@ class TrialConfig:
     base_lr: float
     weight_decay: float
     head_norm: str
+    head_init: str = "random"  # before head.init existed every head started as nn.Linear's draw
+    head_lr_scale: float = 1.0
     prompt: PromptConfig | None = None
     adapter_reduction: int | None = None
     partial_k: int | None = None
@@ -92,6 +94,8 @@ class TrialConfig:
             base_lr=float(p["optim.base_lr"]),
             weight_decay=float(p["optim.weight_decay"]),
             head_norm=p["head.norm"],
+            head_init=p["head.init"],
+            head_lr_scale=float(p["optim.head_lr_scale"]),
             prompt=prompt,
             adapter_reduction=int(p["adapter.reduction"]) if method == "adapter" else None,
             partial_k=int(p["partial.k"]) if method == "partial" else None,

@@ -23,6 +23,7 @@ from vptsearch._training import (
     build_optimizer,
     evaluate,
     lr_at,
+    param_groups,
     train_epoch,
 )
 from vptsearch._trial_config import TrialConfig
@@ -147,8 +148,8 @@ class EpochLoop:
         self.train_loader = data.loader(
             data.train_split, train=True, seed=trial.seed, batch=tr.batch_size, device=data.device
         )
-        trained = [p for p in model.parameters() if p.requires_grad]
-        self.opt, lr = build_optimizer(trained, spec, trial.base_lr, trial.weight_decay)
+        groups = param_groups(model, trial.head_lr_scale)
+        self.opt, lr = build_optimizer(groups, spec, trial.base_lr, trial.weight_decay)
         self.steps_per_epoch = steps = max(1, len(self.train_loader))
         self.lr_of = functools.partial(
             lr_at, base=lr, warmup_steps=tr.warmup_epochs * steps, total_steps=tr.epochs * steps
@@ -185,6 +186,9 @@ class EpochLoop:
         common = {
             "phase": self.trial.phase, "seed": self.trial.seed, "tuned_percent": accounting["tuned_percent"]
         }  # fmt: skip
+        head = self.init.get("head") or {}
+        if "seconds" in head:  # the head fit is part of the trial's cost (head.init probe)
+            common["head_init_seconds"] = head["seconds"]
         checkpointed = checkpoint_epochs(self.spec)
         status = "completed"
         try:
@@ -225,8 +229,9 @@ class EpochLoop:
             first_step=(epoch - 1) * self.steps_per_epoch, loss_limit=self.loss_limit, precision=tr.precision,
         )  # fmt: skip
         metrics: dict[str, Any] = {**common, "epoch": epoch, "lr": self.opt.param_groups[0]["lr"]}
-        if stats.diverged:
-            return {**metrics, "diverged": 1, "train_loss": float("nan"), "val_acc": 0.0}
+        if stats.diverged:  # its seconds too: a diverged epoch cost them as well
+            return {**metrics, "diverged": 1, "train_loss": float("nan"), "val_acc": 0.0,
+                    "epoch_seconds": time.perf_counter() - t0}  # fmt: skip
         metrics.update(diverged=0, train_loss=stats.loss, train_acc=stats.accuracy)
         if self.nmi_images is not None:
             per_layer = prompt_nmi(self.model, self.nmi_images)

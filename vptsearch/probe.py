@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,28 +34,23 @@ from torch import nn
 
 from vptsearch._errors import VptsearchError
 from vptsearch._hashing import sha256_bytes
+from vptsearch._linear_probe import (  # noqa: F401  (the solver's names are part of this module's API)
+    C_GRID,
+    MAX_ITER,
+    LinearFit,
+    Split,
+    choose_c,
+    extract_features,
+    fit_score,
+    fit_standardised,
+    predict,
+)
 
 PROBE_VERSION = 1  # bump when the protocol changes: cached results of other versions are ignored
-C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
-MAX_ITER = 5000
 CACHE_DIR = "probes"
-
-Split = tuple[torch.Tensor, torch.Tensor]  # (features float32 [N, d], labels int64 [N])
 
 
 # --- features and the classifier ---------------------------------------------------------------
-@torch.inference_mode()
-def extract_features(model: nn.Module, batches: Iterable[Split]) -> Split:
-    """``forward_features`` of a ``TunedModel`` over ``(x, y)`` batches -> CPU float32 ``(X, y)``."""
-    model.eval()
-    device = next(model.parameters()).device
-    feats, labels = [], []
-    for x, y in batches:
-        feats.append(model.forward_features(x.to(device)).float().cpu())  # type: ignore[operator]
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
-
-
 def split_features(
     model: nn.Module,
     task: str,
@@ -77,21 +71,6 @@ def split_features(
     return extract_features(model, loader)
 
 
-def fit_score(train: Split, test: Split, C: float = 1.0, max_iter: int = MAX_ITER) -> float:
-    """Accuracy on ``test`` of StandardScaler + LogisticRegression(C) fitted on ``train``."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-    with warnings.catch_warnings():
-        # a strong C on separable features stops at max_iter with a near-optimal fit: not news
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(train[0].numpy(), train[1].numpy())
-    return float(clf.score(test[0].numpy(), test[1].numpy()))
-
-
 def select_and_report(
     feats: dict[str, Split],
     search_splits: tuple[str, str],
@@ -101,8 +80,7 @@ def select_and_report(
 ) -> dict[str, Any]:
     """The protocol on precomputed features: C by val accuracy, then refit and test once."""
     fit, val = search_splits
-    val_by_c = {float(c): fit_score(feats[fit], feats[val], c, max_iter) for c in c_grid}
-    best_c = max(val_by_c, key=lambda c: (val_by_c[c], -c))  # ties: the stronger regularisation
+    best_c, val_by_c, _ = choose_c(feats[fit], feats[val], c_grid, max_iter)
     train, test = final_splits
     return {
         "C": best_c,

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from vptsearch._head_init import initialise_head
 from vptsearch._prompt_cache import PromptInitCache
 from vptsearch._training import (  # benchmarks/bench_gpu_sim.py mirrors a trial with _cpu/_host_copy
     DIVERGED_LOSS_FACTOR,
@@ -65,6 +66,7 @@ __all__ = [
     "get_backbone",
     "lr_at",
     "model_options",
+    "prepare_trial",
     "resolve_precision",
     "run_trial",
     "train_epoch",
@@ -170,6 +172,47 @@ def _initialise_prompts(
     return info, images
 
 
+def prepare_trial(
+    config: dict[str, Any],
+    *,
+    task: str,
+    spec: SearchSpec,
+    checkpoint: dict[str, Any] | None = None,
+    backbone: Any = None,
+) -> EpochLoop:
+    """A trial ready for its first epoch: the model built, its prompts and head initialised
+    (``prompt.init``, ``head.init``), or the checkpoint's state loaded. ``.run(reporter)`` trains
+    it; ``.model`` is the model as it starts (what tests and notebooks inspect)."""
+    from vptsearch.data import get_task
+    from vptsearch.models import build_model
+
+    trial = TrialConfig.from_sampled(config, spec.training)
+    info = get_task(task, spec.data_root)
+    train_split, eval_split = info.search_splits if trial.phase == "search" else info.final_splits
+    # The worker's backbone (cached or from the object store): frozen, so vpt/linear share it.
+    backbone = freeze_backbone(backbone) if backbone is not None else get_backbone(spec)
+    data = TrialData(task, spec, backbone, info.num_classes, train_split, eval_split, trial_device(spec))
+    torch.manual_seed(trial.seed)
+    model = build_model(backbone, info.num_classes, trial.method, **model_options(trial, spec))
+    model = model.to(data.device)
+    init_info: dict[str, Any] = {}
+    images = None
+    if trial.prompt is not None and checkpoint is None:
+        init_info, images = _initialise_prompts(model, trial, data)
+    if checkpoint is None:  # the head last: head.init probe fits it on the initialised prompts
+        init_info = {**init_info, "head": initialise_head(model, trial, data, info.search_splits)}
+    nmi_images = None
+    if spec.training.track_nmi and trial.prompt is not None:
+        # A fixed set of training images, so the per-epoch values are comparable across epochs.
+        if images is None:
+            images = _init_images(task, train_split, spec, backbone)[0]
+        nmi_images = images[:NMI_IMAGES]
+    loop = EpochLoop(trial, spec, model, data, nmi_images, init_info)
+    if checkpoint is not None:
+        loop.resume(checkpoint)
+    return loop
+
+
 def run_trial(
     config: dict[str, Any],
     *,
@@ -187,31 +230,7 @@ def run_trial(
     previously reported with a result; training resumes after its epoch. ``backbone``: an already
     built backbone (a Ray worker's copy from the object store); default: the spec's, loaded once.
     """
-    from vptsearch.data import get_task
-    from vptsearch.models import build_model
-
-    trial = TrialConfig.from_sampled(config, spec.training)
     if threads:
         torch.set_num_threads(max(1, int(threads)))
-    info = get_task(task, spec.data_root)
-    train_split, eval_split = info.search_splits if trial.phase == "search" else info.final_splits
-    # The worker's backbone (cached or from the object store): frozen, so vpt/linear share it.
-    backbone = freeze_backbone(backbone) if backbone is not None else get_backbone(spec)
-    data = TrialData(task, spec, backbone, info.num_classes, train_split, eval_split, trial_device(spec))
-    torch.manual_seed(trial.seed)
-    model = build_model(backbone, info.num_classes, trial.method, **model_options(trial, spec))
-    model = model.to(data.device)
-    init_info: dict[str, Any] = {}
-    images = None
-    if trial.prompt is not None and checkpoint is None:
-        init_info, images = _initialise_prompts(model, trial, data)
-    nmi_images = None
-    if spec.training.track_nmi and trial.prompt is not None:
-        # A fixed set of training images, so the per-epoch values are comparable across epochs.
-        if images is None:
-            images = _init_images(task, train_split, spec, backbone)[0]
-        nmi_images = images[:NMI_IMAGES]
-    loop = EpochLoop(trial, spec, model, data, nmi_images, init_info)
-    if checkpoint is not None:
-        loop.resume(checkpoint)
+    loop = prepare_trial(config, task=task, spec=spec, checkpoint=checkpoint, backbone=backbone)
     return loop.run(reporter)

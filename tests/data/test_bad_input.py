@@ -23,7 +23,9 @@ from PIL import Image
 
 from vptsearch._errors import DataError
 from vptsearch.cli import main
-from vptsearch.data import TaskInfo, clear_cache, read_manifest, write_task
+from vptsearch.data import TaskInfo, read_manifest, write_task
+
+from ._cli_run import one_line_error, run
 
 VTAB = {"train800": 9, "val200": 3, "test": 6}  # images 0..8, 9..11, 12..17; label n % 3
 
@@ -46,21 +48,6 @@ def make_task_folder(base, counts=VTAB, k=3, size=8):
     for split, lines in lists.items():
         (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return lists
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    clear_cache()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(capsys, *argv) -> str:
-    rc, _, err = run(capsys, *argv)
-    assert rc == 2, err
-    assert err.startswith("vptsearch: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 def tree_digest(path) -> dict[str, str]:

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from vptsearch._errors import ConfigError, DataError
-from vptsearch.cli import main
-from vptsearch.data import clear_cache, get_task, list_tasks, load_split, read_manifest, resolve_tasks
+from vptsearch.data import get_task, list_tasks, load_split, read_manifest, resolve_tasks
+
+from ._cli_run import one_line_error, run
 
 VTAB = {"train800": 9, "val200": 3, "test": 6}
 PLAIN = {"train": 9, "val": 3, "test": 6}
@@ -43,21 +44,6 @@ def make_task_folder(base, counts=VTAB, k=3, size=8, trainval: str | None = "tra
     for split, lines in lists.items():
         (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return pixels, lists
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    clear_cache()
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(capsys, *argv) -> str:
-    rc, _, err = run(capsys, *argv)
-    assert rc == 2, err
-    assert err.startswith("vptsearch: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 def tree_digest(path) -> dict[str, str]:

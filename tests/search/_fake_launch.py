@@ -20,9 +20,9 @@ from vptsearch.spec import spec_from_dict
 TASK = "mini/digits"
 
 
-def config(head_norm: str = "none") -> dict[str, Any]:
+def config(head_norm: str = "none", **extra: Any) -> dict[str, Any]:
     return {"method": "vpt", "prompt.length": 2, "prompt.init": "random", "prompt.depth": "deep",
-            "optim.base_lr": 1.0, "optim.weight_decay": 0.0, "head.norm": head_norm}  # fmt: skip
+            "optim.base_lr": 1.0, "optim.weight_decay": 0.0, "head.norm": head_norm, **extra}  # fmt: skip
 
 
 def seed_model(spec: Any, cfg: dict[str, Any], seed: int) -> Any:
@@ -65,6 +65,7 @@ def make_launch(
     seeds: tuple[int, ...] = (0, 1),
     stamp: str = "20261202-081500",
     head_norm: str = "none",
+    params: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[int, Any]]:
     """``(run dir, {seed: model})`` of a finished one-task launch of ``seeds`` final seeds."""
     raw = {**base_raw, "suite": [TASK], "protocol": {"final_seeds": list(seeds)},
@@ -72,7 +73,7 @@ def make_launch(
     spec = spec_from_dict(raw)
     run_dir = root / "runs" / spec.name / stamp
     spec.dump(run_dir / "spec.yaml")
-    cfg = config(head_norm)
+    cfg = config(head_norm, **(params or {}))
     models, final, accs = {}, {}, {}
     for s in seeds:
         models[s] = seed_model(spec, cfg, s)

@@ -43,7 +43,15 @@ def test_bad_device_or_precision_is_refused(base_raw, training, gpu, message) ->
 
 
 def test_bf16_autocast_trains_and_keeps_fp32_tensors(base_raw) -> None:
-    cfg = {"method": "vpt", "prompt.length": 2, "optim.base_lr": 2.0}
+    # The random head: a probe-fitted head's large weights make the prompts' steps large enough
+    # that bf16 rounding compounds over the epochs (max prompt difference 1.40 measured with it).
+    cfg = {
+        "method": "vpt",
+        "prompt.length": 2,
+        "optim.base_lr": 2.0,
+        "head.init": "random",
+        "optim.head_lr_scale": 1.0,
+    }
     fp32 = run_trial(cfg, task="mini/textures", spec=_spec(base_raw), reporter=ListReporter())
     bf16 = run_trial(
         cfg, task="mini/textures", spec=_spec(base_raw, {"precision": "bf16"}), reporter=ListReporter()

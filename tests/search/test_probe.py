@@ -81,3 +81,68 @@ def test_report_column_and_task_run_name_carry_the_probe() -> None:
     assert name == "mini/digits · vpt p=10 spt-mean · test 75.0 ± 1.0 · probe 89.3"
     assert "Probe" in note and "89.3" in note and "t1" in note
     assert task_outcome("mini/digits", {"best": None})[0] == "mini/digits · no completed trial"
+
+
+def _task_result(test_accs: dict[int, float], probe_test: float | None):
+    from vptsearch.search._protocol import mean_std
+    from vptsearch.search._results import TaskResult
+
+    mean, std = mean_std(list(test_accs.values()))
+    probe = None if probe_test is None else {"C": 1.0, "val_acc": 0.5, "test_acc": probe_test}
+    return TaskResult(group="structured", best=None, per_init={}, per_method={}, counts={},
+                      seeds=list(test_accs), test_accs=test_accs, test_mean=mean, test_std=std,
+                      exported_seed=None, final={}, probe=probe, probed=True)  # fmt: skip
+
+
+def test_gap_to_probe_is_the_test_mean_minus_the_probe_in_points() -> None:
+    from vptsearch.search._report import markdown_table
+
+    res = _task_result({0: 0.30, 1: 0.32}, 0.352)
+    assert res.gap_to_probe() == pytest.approx(-4.2)
+    row = res.row("mini/dsprites_loc")
+    assert row["gap_to_probe"] == pytest.approx(-4.2) and "| -4.20 |" in markdown_table([row])
+    assert _task_result({0: 0.9}, None).gap_to_probe() is None  # probe skipped
+    assert _task_result({}, 0.35).gap_to_probe() is None  # no final seed completed
+
+
+def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change() -> None:
+    from vptsearch.search._report import probe_gap_warning
+
+    rows = [{"task": "a/x", "gap_to_probe": -4.2}, {"task": "a/y", "gap_to_probe": -1.9},
+            {"task": "a/z", "gap_to_probe": None}, {"task": "a/w", "gap_to_probe": -2.5}]  # fmt: skip
+    old = probe_gap_warning(rows, {"a/x": {"head.init": "random"}, "a/w": {"head.init": "random"}})
+    assert old is not None and "\n" not in old
+    assert "a/x (-4.2)" in old and "a/w (-2.5)" in old and "a/y" not in old and "a/z" not in old
+    assert "params.head.init: probe" in old
+    fitted = probe_gap_warning(rows, {"a/x": {}, "a/w": {"head.init": "probe"}})  # {}: the default
+    assert fitted is not None and "optim.head_lr_scale" in fitted and "head.init: probe" not in fitted
+    assert probe_gap_warning(rows[1:3], {}) is None
+
+
+def test_an_init_without_a_completed_trial_is_labelled_on_the_plot(tmp_path, monkeypatch) -> None:
+    from vptsearch.search import _report
+
+    def trial(task: str, init: str, status: str, val: float | None) -> dict:
+        return {
+            "task": task,
+            "status": status,
+            "val_acc": val,
+            "config": {"method": "vpt", "prompt.init": init},
+        }
+
+    trials = [trial("a/x", "random", "completed", 0.8), trial("a/x", "spt-mean", "pruned", 0.5),
+              trial("a/y", "random", "completed", 0.7), trial("a/y", "spt-mean", "diverged", 0.0),
+              trial("a/y", "spt-mean", "pruned", 0.1)]  # fmt: skip
+    assert _report.missing_bar_label(trials, "a/x", "spt-mean") == "all pruned"
+    assert _report.missing_bar_label(trials, "a/y", "spt-mean") == "none completed"
+    assert _report.missing_bar_label(trials, "a/x", "spt-kmeans") == "not tried"
+    import matplotlib.axes
+
+    texts: list[str] = []
+    real = matplotlib.axes.Axes.text
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "text", lambda ax, x, y, s, **kw: texts.append(s) or real(ax, x, y, s, **kw)
+    )
+    paths = _report.write_plots(trials, tmp_path)
+    assert [p.name for p in paths] == ["acc_vs_prompt_length.png", "random_vs_spt.png"]
+    assert sorted(texts) == ["all pruned", "none completed"]  # the two missing spt-mean bars, labelled

@@ -15,7 +15,8 @@ def _spec(base_raw: dict, **training):
 
 
 def test_adamw_is_really_used_with_its_lr_rule(base_raw: dict) -> None:
-    cfg = {"method": "linear", "optim.base_lr": 0.01, "optim.weight_decay": 1e-4}
+    # head_lr_scale 1: a linear trial's only group is the head, whose lr the default scale (0.1) cuts
+    cfg = {"method": "linear", "optim.base_lr": 0.01, "optim.weight_decay": 1e-4, "optim.head_lr_scale": 1.0}
     adamw, sgd = ListReporter(), ListReporter()
     res_a = run_trial(cfg, task="mini/digits", spec=_spec(base_raw, optimizer="adamw"), reporter=adamw)
     res_s = run_trial(cfg, task="mini/digits", spec=_spec(base_raw), reporter=sgd)
@@ -70,5 +71,5 @@ def test_the_final_phase_retrains_the_winner_with_every_parameter_it_searched(ke
 
     config = {"method": "vpt", key: PARAMS[key].default, "task": "mini/digits", "phase": "search", "seed": 0}
     rec = TrialRecord.from_result("t1", config, {"val_acc": 0.5, "epoch": 2, "done": True}, False, 2)
-    (final, *_), = final_configs(select([rec], ["mini/digits"]), (0, 1)).values()
+    ((final, *_),) = final_configs(select([rec], ["mini/digits"]), (0, 1)).values()
     assert final[key] == PARAMS[key].default and final["phase"] == "final"

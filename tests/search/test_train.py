@@ -66,8 +66,13 @@ def test_search_phase_never_reads_test_split(spec, monkeypatch: pytest.MonkeyPat
     run_trial(cfg, task="mini/digits", spec=spec)
     assert set(seen) == {"train800", "val200"}
     seen.clear()
-    res = run_trial({**cfg, "phase": "final", "seed": 1}, task="mini/digits", spec=spec)
+    res = run_trial(
+        {**cfg, "phase": "final", "seed": 1, "head.init": "random"}, task="mini/digits", spec=spec
+    )
     assert set(seen) == {"train800val200", "test"} and res.test_acc is not None and res.val_acc is None
+    seen.clear()  # head.init probe: C from the search splits, the fit on the final train split
+    run_trial({**cfg, "phase": "final", "seed": 1}, task="mini/digits", spec=spec)
+    assert set(seen) == {"train800", "val200", "train800val200", "test"}
 
 
 def test_track_nmi_reports_per_layer_nmi_every_epoch(base_raw: dict) -> None:

@@ -75,6 +75,17 @@ class HeadBatchNorm(nn.BatchNorm1d):
             self._seen += 1
         return super().forward(x)
 
+    def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Running statistics known in advance (``head.init: probe``: the features' own): no exact
+        averaging of the first batches, the usual momentum follows the features from the first step."""
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
+        with torch.no_grad():
+            self.running_mean.copy_(mean)
+            self.running_var.copy_(var)
+            self.num_batches_tracked.fill_(round(1 / 0.1) - 1)  # momentum max(0.1, 1/(n+1)) = 0.1
+        self._seen = None
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._seen = None
         super()._load_from_state_dict(*args, **kwargs)
@@ -192,9 +203,7 @@ class TunedModel(nn.Module):
     def _state_params(self) -> dict[str, nn.Parameter]:
         """The tensors a trained state holds: every trained one, plus prompts frozen after init
         (``frozen=True``: they are the task's prompts, so bundles and checkpoints carry them)."""
-        return {
-            n: p for n, p in self.named_parameters() if p.requires_grad or n == "prompt_tokens"
-        }
+        return {n: p for n, p in self.named_parameters() if p.requires_grad or n == "prompt_tokens"}
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         """``_state_params`` plus the head norm's running statistics (learned from the task's data,

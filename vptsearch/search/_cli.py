@@ -16,6 +16,7 @@ from typing import Any
 from vptsearch._errors import ConfigError
 from vptsearch.search._doctor_cli import add_command as add_doctor
 from vptsearch.search._monitor import add_command as add_monitor
+from vptsearch.search._report import probe_gap_warning
 from vptsearch.search._rundir import RESULTS_FILE, latest_run_dir
 from vptsearch.search._ui_cli import add_command as add_ui
 from vptsearch.spec import load_spec
@@ -135,7 +136,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     res = json.loads((run_dir / RESULTS_FILE).read_text())
     table = Table(title=f"vptsearch launch {res['launch_id']}")
     for col in ("task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "ensemble test",
-                "probe val / test", "c/p/d/f"):  # fmt: skip
+                "probe val / test", "gap to probe", "c/p/d/f"):  # fmt: skip
         table.add_column(col)
 
     def pct(v: Any) -> str:
@@ -149,10 +150,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             r["task"], r["group"], str(r["method"] or "-"), str(r["p"] or "-"), str(r["init"] or "-"),
             "-" if r["tuned_percent"] is None else f"{r['tuned_percent']:.3f}",
             pct(r["val_acc"]), test, pct(r.get("ensemble_test")), probe,
+            "-" if r.get("gap_to_probe") is None else f"{r['gap_to_probe']:+.2f}",
             "/".join(str(r[k]) for k in ("completed", "pruned", "diverged", "failed")),
         )  # fmt: skip
     console = Console(width=None if sys.stdout.isatty() else 160)  # pipes get the full table
     console.print(table)
+    best = {t: (v.get("best") or {}).get("config", {}) for t, v in res.get("tasks", {}).items()}
+    warning = probe_gap_warning(res["rows"], best)
+    if warning:
+        console.print(warning, soft_wrap=True, markup=False)
     if res.get("error"):
         console.print(f"the launch failed after its search: {res['error']}", soft_wrap=True)
     where = res.get("bundles_dir")

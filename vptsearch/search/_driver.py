@@ -43,7 +43,7 @@ from vptsearch.search._tracking import (
     task_outcome,
     tracking_uri_for,
 )
-from vptsearch.spec import SearchSpec
+from vptsearch.spec import PARAMS, SearchSpec
 from vptsearch.train import get_backbone
 
 log = logging.getLogger(__name__)
@@ -315,6 +315,9 @@ class Launch:
                                               "trials": len(trials)})  # fmt: skip
         tracker.end(self.launch_run)
         say(_report.markdown_table(rows))
+        warning = _report.probe_gap_warning(rows, results.best_configs())
+        if warning:
+            say(warning)
         say(bundles_line(results, len(bundles)))
         say(f"summary: {self.report_dir / 'summary.md'}   wall time {seconds:.0f} s")
         return LaunchSummary(self.launch_id, self.run_dir, self.uri, self.spec.experiment, rows, bundles,
@@ -369,6 +372,8 @@ class Launch:
                 "best.depth": cfg.get("prompt.depth", "-"),
                 "best.base_lr": cfg.get("optim.base_lr"),
                 "best.weight_decay": cfg.get("optim.weight_decay"),
+                "best.head_init": cfg.get("head.init", PARAMS["head.init"].default),
+                "best.head_lr_scale": cfg.get("optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default),
                 "best.trial_id": best.trial_id,
             }
             tracker.log_params_once(ref, summary)
@@ -383,6 +388,9 @@ class Launch:
                 metrics.update(test_mean=res.test_mean, test_std=res.test_std)
             if res.probe:
                 metrics.update(probe_val_acc=res.probe["val_acc"], probe_test_acc=res.probe["test_acc"])
+                gap = res.gap_to_probe()
+                if gap is not None:
+                    metrics["gap_to_probe"] = gap
             tracker.log_metrics(ref, metrics)
             tracker.end(ref)
 

@@ -64,7 +64,13 @@ def bundle_meta(
         "std": list(backbone.std),
         "method": method,
         "method_options": options,
-        "head": {"norm": options.get("head_norm", "none")},
+        # how the winner's head started and trained (not build options: the bundle's tensors are
+        # the trained head; recorded so a bundle says which recipe produced it)
+        "head": {
+            "norm": options.get("head_norm", "none"),
+            "init": trial.head_init,
+            "lr_scale": trial.head_lr_scale,
+        },
         "prompt": (
             {"depth": trial.prompt.depth, "length": trial.prompt.length, "init": trial.prompt.init}
             if trial.prompt is not None

@@ -19,6 +19,7 @@ SUMMARY_COLUMNS = (
     "ensemble_test",  # the final seeds' prompt ensemble (mean logits) on test, None for one seed
     "probe_val",  # the frozen-feature probe reference (vptsearch.probe), None when skipped
     "probe_test",
+    "gap_to_probe",  # test_mean - probe_test, in points (see probe_gap_warning)
     "completed",
     "pruned",
     "diverged",
@@ -53,7 +54,7 @@ def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ["task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "ensemble test",
-            "probe val / test",
+            "probe val / test", "gap to probe",
             "trials c/p/d/f"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -82,10 +83,46 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             test,
             ens,
             probe,
+            _gap(r.get("gap_to_probe")),
             counts,
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _gap(points: float | None) -> str:
+    return "-" if points is None else f"{points:+.2f}"
+
+
+# A winner this many points under its own probe is flagged: the search did not beat the features.
+GAP_WARN_POINTS = 2.0
+
+
+def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[str, Any]]) -> str | None:
+    """One line naming the tasks whose test mean is over :data:`GAP_WARN_POINTS` under the probe,
+    with the likely cause and the key to change (None when every task is within it).
+
+    ``best_configs``: each task's winning trial config (its ``head.init`` tells the likely cause).
+    """
+    low = [r for r in rows if r.get("gap_to_probe") is not None and r["gap_to_probe"] < -GAP_WARN_POINTS]
+    if not low:
+        return None
+    names = ", ".join(f"{r['task']} ({r['gap_to_probe']:+.1f})" for r in low)
+    from vptsearch.spec import PARAMS  # torch-free
+
+    default = PARAMS["head.init"].default
+    unfitted = [r for r in low if best_configs.get(r["task"], {}).get("head.init", default) != "probe"]
+    if unfitted:
+        hint = (
+            "the linear head is likely under-trained (an SGD head from a random start needs far more "
+            "epochs than a trial has on these features): set params.head.init: probe"
+        )
+    else:
+        hint = (
+            "the head starts at the probe's fit, so training moved it away: lower optim.head_lr_scale "
+            "or optim.base_lr, or raise training.epochs"
+        )
+    return f"warning: winner more than {GAP_WARN_POINTS:g} points under its probe on {names}; {hint}"
 
 
 def write_plots(trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -125,18 +162,26 @@ def write_plots(trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     from vptsearch.search._protocol import strategy_of  # import cost: _protocol imports Ray and Optuna
 
-    strategies = sorted({strategy_of(t["config"]) for t in done})
+    # every init some trial tried: one whose trials on a task were all pruned (or never ran there)
+    # has no bar, so it is labelled instead of reading as 0 %
+    searched = [t for t in trials if t.get("config") is not None]
+    strategies = sorted({strategy_of(t["config"]) for t in searched})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks)), 4))
     width = 0.8 / max(1, len(strategies))
     for j, s in enumerate(strategies):
-        vals = [
+        bar_xs = [i + j * width for i in range(len(tasks))]
+        vals: list[float | None] = [
             max(
                 (t["val_acc"] for t in done if t["task"] == task and strategy_of(t["config"]) == s),
-                default=0.0,
+                default=None,
             )
             for task in tasks
         ]
-        ax.bar([i + j * width for i in range(len(tasks))], vals, width, label=s)
+        ax.bar(bar_xs, [v or 0.0 for v in vals], width, label=s)
+        for x, v, task in zip(bar_xs, vals, tasks, strict=True):
+            if v is None:
+                label = missing_bar_label(searched, task, s)
+                ax.text(x, 0.01, label, rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(
         [i + 0.4 - width / 2 for i in range(len(tasks))], [t.split("/")[-1] for t in tasks], rotation=30
     )
@@ -148,6 +193,16 @@ def write_plots(trials: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     return paths
+
+
+def missing_bar_label(trials: list[dict[str, Any]], task: str, strategy: str) -> str:
+    """Why ``task`` has no bar for init ``strategy`` in random_vs_spt.png (no completed trial)."""
+    from vptsearch.search._protocol import strategy_of  # import cost, as in write_plots
+
+    statuses = {t["status"] for t in trials if t["task"] == task and strategy_of(t["config"]) == strategy}
+    if not statuses:
+        return "not tried"
+    return "all pruned" if statuses == {"pruned"} else "none completed"
 
 
 def write_trials(trials: list[dict[str, Any]], path: Path) -> None:

@@ -65,8 +65,11 @@ class TaskResult:
 
     def member_seeds(self) -> list[int]:
         """Final seeds with a test accuracy and saved weights, the exported one first."""
-        done = [s for s in self.seeds
-                if s in self.test_accs and (f := self.final.get(s)) is not None and f.weights is not None]
+        done = [
+            s
+            for s in self.seeds
+            if s in self.test_accs and (f := self.final.get(s)) is not None and f.weights is not None
+        ]
         return [] if self.exported_seed is None else \
             [self.exported_seed, *[s for s in done if s != self.exported_seed]]  # fmt: skip
 
@@ -88,10 +91,19 @@ class TaskResult:
         }
         if self.probed:
             pr = self.probe
-            out.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"])
+            out.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"],
+                       gap_to_probe=self.gap_to_probe())  # fmt: skip
         if self.bundled:
             out["ensemble_test"] = self.ensemble_test_acc
         return out
+
+    def gap_to_probe(self) -> float | None:
+        """Test mean of the final seeds minus the probe's test accuracy, in points (None without
+        both): how far the tuned winner is above (or under) the frozen-feature reference."""
+        pr = self.probe
+        if not pr or pr.get("test_acc") is None or not self.test_accs or self.test_mean != self.test_mean:
+            return None
+        return round(100 * (self.test_mean - pr["test_acc"]), 2)
 
     def to_dict(self) -> dict[str, Any]:
         """The task's results.json entry."""
@@ -147,6 +159,10 @@ class LaunchResults:
 
     def rows(self) -> list[dict[str, Any]]:
         return [t.row(task) for task, t in self.tasks.items()]
+
+    def best_configs(self) -> dict[str, dict[str, Any]]:
+        """Each task's winning trial config (tasks without a completed trial are left out)."""
+        return {task: t.best.config for task, t in self.tasks.items() if t.best is not None}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vptsearch._catalogue import DEEP_IMPLS, DEPTHS, HEAD_NORMS, INITS, METHODS
+from vptsearch._catalogue import DEEP_IMPLS, DEPTHS, HEAD_INITS, HEAD_NORMS, INITS, METHODS
 from vptsearch._errors import ConfigError, suggest
 from vptsearch.spec._messages import err, expect, list_name, type_name, unknown_key
 
@@ -89,10 +89,17 @@ PARAMS: dict[str, ParamDef] = {
     "head.norm": ParamDef(str, METHODS, "none", "`batchnorm`: a BatchNorm1d without affine in front of "
                           "the linear head (the MAE linear-probe protocol); its running statistics are "
                           "trained state, in checkpoints and bundles (docs/models.md)", choices=HEAD_NORMS),
+    "head.init": ParamDef(str, METHODS, "probe", "how the head starts: `probe` fits it before the first "
+                          "step (the probe's standardised logistic regression on the features of the "
+                          "initialised model; LP-FT), `random` timm's nn.Linear draw, `zero` all zeros",
+                          choices=HEAD_INITS),
     "optim.base_lr": ParamDef(float, METHODS, 1.0, "sgd: the lr is `base_lr × batch_size / 256`; "
                               "adamw: the lr itself"),
     "optim.weight_decay": ParamDef(float, METHODS, 0.0, "weight decay (decoupled for adamw)",
                                    positive=False),
+    "optim.head_lr_scale": ParamDef(float, METHODS, 0.1, "the head's lr as a multiple of the rest's "
+                                    "(prompts, adapters, ...); schedule and weight decay apply to both",
+                                    positive=False),
 }  # fmt: skip
 
 

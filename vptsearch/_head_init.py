@@ -1,0 +1,174 @@
+"""How a trial's linear head starts (``head.init``), before its first training step.
+
+- ``random``: ``nn.Linear``'s own draw (seeded by the trial's seed): what every trial did before
+  ``head.init`` existed, and what the papers' recipes assume.
+- ``zero``: weights and bias all zero (every class equally likely; the head learns from there).
+- ``probe`` (LP-FT, Kumar et al. 2022: fit the linear head first, then tune the rest from there):
+  the head is fitted with the probe's own solver (:mod:`vptsearch.probe`: a standardised L2
+  logistic regression, C chosen by accuracy on the search splits) on the features of the model as
+  initialised, prompts already at their init. With ``head.norm: batchnorm`` the standardisation is
+  written into the BatchNorm's running statistics and the fit into the head, so it drops in as
+  is; without a head norm the standardisation is folded into the head's weights and bias.
+
+Why: the frozen features are ill-conditioned for an SGD head (a large constant offset, and the
+structured tasks want large weights), so a head trained from a random start needs hundreds of
+epochs to reach what the probe computes in a second (measured in docs/results.md's convergence
+section); until it gets there the prompts' contribution hardly shows in the val score.
+
+Only the search splits are ever read for C (fit on the search train split, score on its val
+split); a final-phase trial refits with that C on its own train split. The test split is never
+read. A worker keeps the last fits per backbone: trials with the same task and the same initial
+prompts (any random-init trial of one seed and shape, any cached SPT init) share one fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import torch
+
+from vptsearch._catalogue import HEAD_INITS
+from vptsearch._errors import ConfigError
+from vptsearch._trial_config import TrialConfig
+from vptsearch.models.tuned import HeadBatchNorm
+
+__all__ = ["HEAD_INITS", "initialise_head", "load_fit"]
+
+FIT_CACHE_SIZE = 32
+# A class the fit never saw (absent from the train split) gets zero weights and a bias this far
+# under the lowest fitted one: never predicted, as in scikit-learn, but still finite and trainable.
+ABSENT_CLASS_MARGIN = 10.0
+
+# Per backbone model (weakly keyed: the cache goes with its backbone): key -> (LinearFit, info).
+_FITS: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[Hashable, tuple[Any, dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def initialise_head(
+    model: Any, trial: TrialConfig, data: Any, search_splits: tuple[str, str]
+) -> dict[str, Any]:
+    """Set ``model``'s head by ``trial.head_init``; returns what it did (kept in the trial's init
+    info and checkpoints). ``data``: the trial's :class:`~vptsearch._trial_loop.TrialData`."""
+    kind = trial.head_init
+    if kind not in HEAD_INITS:
+        raise ConfigError(f"head.init: unknown {kind!r}; accepted: {', '.join(HEAD_INITS)}")
+    if kind == "random":  # nn.Linear's draw, made when the model was built
+        return {"kind": "random"}
+    if kind == "zero":
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.zero_()
+        return {"kind": "zero"}
+    t0 = time.perf_counter()
+    key = _fit_key(model, data, search_splits)
+    cache = _cache_of(data.backbone)
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        fit, info = hit
+        info = {**info, "cached": True}
+    else:
+        fit, info = _fit(model, data, search_splits)
+        cache[key] = (fit, info)
+        while len(cache) > FIT_CACHE_SIZE:
+            cache.popitem(last=False)
+        info = {**info, "cached": False}
+    load_fit(model, fit)
+    return {**info, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _fit(model: Any, data: Any, search_splits: tuple[str, str]) -> tuple[Any, dict[str, Any]]:
+    """The probe's protocol on the initialised model's features: C on the search splits, then the
+    fit on the trial's own train split with that C."""
+    from vptsearch._linear_probe import C_GRID, choose_c, fit_standardised
+
+    fit_split, val_split = search_splits
+    feats = {s: _features(model, data, s) for s in dict.fromkeys([fit_split, val_split, data.train_split])}
+    best_c, val_by_c, fits = choose_c(feats[fit_split], feats[val_split], C_GRID)
+    fit = fits[best_c] if data.train_split == fit_split else fit_standardised(feats[data.train_split], best_c)
+    train_x, train_y = feats[data.train_split]
+    loss = _log_loss(fit, train_x.numpy().astype(np.float64), train_y.numpy(), data.num_classes)
+    info = {
+        "kind": "probe",
+        "C": best_c,
+        "val_acc": val_by_c[best_c],
+        "train_split": data.train_split,
+        "train_loss": loss,
+    }
+    return fit, info
+
+
+def _features(model: Any, data: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input over ``split``, preprocessed as the trial evaluates (no augmentation, no
+    prompt dropout: the model is in eval mode)."""
+    from vptsearch._linear_probe import extract_features
+
+    batches = data.loader(split, train=False, seed=0, batch=data.spec.training.eval_batch_size,
+                          device=data.device)  # fmt: skip
+    return extract_features(model, batches)
+
+
+def load_fit(model: Any, fit: Any) -> None:
+    """Write a :class:`~vptsearch.probe.LinearFit` into ``model``'s head (and its BatchNorm's
+    running statistics with ``head.norm: batchnorm``), so that ``model`` in eval mode gives the
+    fit's logits for every class of the task."""
+    n_classes, dim = model.head.weight.shape
+    coef = np.zeros((n_classes, dim))
+    intercept = np.full(n_classes, float(fit.intercept.min()) - ABSENT_CLASS_MARGIN)
+    rows = fit.classes.astype(np.int64)
+    if rows.min() < 0 or rows.max() >= n_classes:
+        raise ConfigError(
+            f"head.init probe: labels {rows.min()}..{rows.max()} do not fit a head of {n_classes} classes"
+        )
+    coef[rows], intercept[rows] = fit.coef, fit.intercept
+    norm = model.head_norm
+    with torch.no_grad():
+        if isinstance(norm, HeadBatchNorm):
+            # eval: (x - running_mean) / sqrt(running_var + eps) == (x - mean) / scale exactly
+            norm.set_statistics(
+                torch.as_tensor(fit.mean), torch.as_tensor(np.maximum(fit.scale**2 - norm.eps, 0))
+            )
+            weight, bias = coef, intercept
+        else:  # fold the standardisation in: W (x - m) / s + b == (W / s) x + (b - (W / s) m)
+            weight = coef / fit.scale
+            bias = intercept - weight @ fit.mean
+        model.head.weight.copy_(torch.as_tensor(weight))
+        model.head.bias.copy_(torch.as_tensor(bias))
+
+
+def _log_loss(fit: Any, x: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+    """Mean cross-entropy of the fit on ``(x, y)`` (what the head starts training at)."""
+    logits = ((x - fit.mean) / fit.scale) @ fit.coef.T + fit.intercept
+    logits -= logits.max(1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    col = {int(c): i for i, c in enumerate(fit.classes)}
+    return float(-np.mean([logp[i, col[int(t)]] for i, t in enumerate(y)]))
+
+
+def _fit_key(model: Any, data: Any, search_splits: tuple[str, str]) -> Hashable:
+    """What the fit depends on: the task's splits as the trial reads them, and the model's features
+    at init, which only its prompts change (every other method starts as the frozen backbone:
+    adapters start as the identity, full/bias/partial at the pretrained weights)."""
+    tr, b = data.spec.training, data.backbone
+    prompts = getattr(model, "prompt_tokens", None)
+    digest = "none"
+    if prompts is not None:
+        digest = hashlib.sha256(prompts.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return (
+        data.task, search_splits, data.train_split, data.spec.data_root, tr.image_size, b.image_size,
+        tuple(b.mean), tuple(b.std), getattr(model, "depth", None), digest,
+    )  # fmt: skip
+
+
+def _cache_of(backbone: Any) -> OrderedDict[Hashable, tuple[Any, dict[str, Any]]]:
+    cache = _FITS.get(backbone.model)
+    if cache is None:
+        cache = _FITS[backbone.model] = OrderedDict()
+    return cache

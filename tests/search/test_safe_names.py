@@ -88,3 +88,15 @@ def test_task_folder_leaves_of_valid_tasks_are_unchanged() -> None:
 
     for task in list_tasks():
         assert task_dirname(task) == task.replace("/", "__")
+
+
+def test_a_re_export_names_its_folder_by_the_resolved_launch_stamp(base_raw, tmp_path) -> None:
+    from vptsearch.search._export import export_bundles
+
+    from ._fake_launch import TASK, make_launch
+
+    run_dir, _ = make_launch(base_raw, tmp_path, seeds=(0,))
+    out = tmp_path / "out"
+    bundles = export_bundles(run_dir / "final" / "..", out)  # `..` would have been the stamp
+    assert bundles[TASK].parent == out / run_dir.name
+    assert sorted(p.name for p in out.iterdir()) == sorted(["LATEST", "latest", run_dir.name])

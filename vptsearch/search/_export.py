@@ -23,7 +23,7 @@ from vptsearch.data import get_task, read_manifest
 from vptsearch.search import _bundle
 from vptsearch.search._exports import check_export_dir, point_latest, point_latest_remote
 from vptsearch.search._results import LaunchResults, TaskResult
-from vptsearch.search._rundir import SPEC_FILE
+from vptsearch.search._rundir import SPEC_FILE, safe_leaf
 from vptsearch.search._storage import filesystem, is_uri, upload
 from vptsearch.spec import SearchSpec, read_yaml, spec_from_dict
 from vptsearch.train import get_backbone, model_options
@@ -128,7 +128,8 @@ def export_bundles(
     if results is None:
         results = LaunchResults.load(run_dir)
     dest = str(out_dir or spec.export_dir)
-    stamp = run_dir.name
+    # the launch's own folder name, resolved: `--run-dir runs/x/<stamp>/..` must not make the stamp `..`
+    stamp = safe_leaf(run_dir.resolve().name, "launch stamp")
     remote = is_uri(dest)
     base = run_dir / "export" if remote else check_export_dir(dest)
     out = base / stamp

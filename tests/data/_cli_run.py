@@ -1,6 +1,10 @@
-"""Running the ``vptsearch`` CLI in-process from the data tests: exit code, stdout, stderr."""
+"""Running the ``vptsearch`` CLI in-process from the data tests (exit code, stdout, stderr), and what a
+folder holds (to show a refused import changed nothing)."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 from vptsearch.cli import main
 from vptsearch.data import clear_cache
@@ -21,3 +25,14 @@ def one_line_error(capsys, *argv) -> str:
     assert err.startswith("vptsearch: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     return err
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` by relative name (``{}`` when it does not exist)."""
+    if not path.exists():
+        return {}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }

@@ -8,7 +8,6 @@ outside the task folder. The accepted variations must import.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -25,7 +24,7 @@ from vptsearch._errors import DataError
 from vptsearch.cli import main
 from vptsearch.data import TaskInfo, read_manifest, write_task
 
-from ._cli_run import one_line_error, run
+from ._cli_run import one_line_error, run, tree_digest
 
 VTAB = {"train800": 9, "val200": 3, "test": 6}  # images 0..8, 9..11, 12..17; label n % 3
 
@@ -48,16 +47,6 @@ def make_task_folder(base, counts=VTAB, k=3, size=8):
     for split, lines in lists.items():
         (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return lists
-
-
-def tree_digest(path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ stderr (exit 2, no traceback) and leave every task already built as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
@@ -18,7 +17,7 @@ from PIL import Image
 from vptsearch._errors import ConfigError, DataError
 from vptsearch.data import get_task, list_tasks, load_split, read_manifest, resolve_tasks
 
-from ._cli_run import one_line_error, run
+from ._cli_run import one_line_error, run, tree_digest
 
 VTAB = {"train800": 9, "val200": 3, "test": 6}
 PLAIN = {"train": 9, "val": 3, "test": 6}
@@ -44,14 +43,6 @@ def make_task_folder(base, counts=VTAB, k=3, size=8, trainval: str | None = "tra
     for split, lines in lists.items():
         (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return pixels, lists
-
-
-def tree_digest(path) -> dict[str, str]:
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture()

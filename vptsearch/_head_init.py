@@ -94,7 +94,7 @@ def _fit(model: Any, data: Any, search_splits: tuple[str, str]) -> tuple[Any, di
     best_c, val_by_c, fits = choose_c(feats[fit_split], feats[val_split], C_GRID)
     fit = fits[best_c] if data.train_split == fit_split else fit_standardised(feats[data.train_split], best_c)
     train_x, train_y = feats[data.train_split]
-    loss = _log_loss(fit, train_x.numpy().astype(np.float64), train_y.numpy(), data.num_classes)
+    loss = _log_loss(fit, train_x.numpy().astype(np.float64), train_y.numpy())
     info = {
         "kind": "probe",
         "C": best_c,
@@ -143,13 +143,13 @@ def load_fit(model: Any, fit: Any) -> None:
         model.head.bias.copy_(torch.as_tensor(bias))
 
 
-def _log_loss(fit: Any, x: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+def _log_loss(fit: Any, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy of the fit on ``(x, y)`` (what the head starts training at)."""
     logits = ((x - fit.mean) / fit.scale) @ fit.coef.T + fit.intercept
     logits -= logits.max(1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    col = {int(c): i for i, c in enumerate(fit.classes)}
-    return float(-np.mean([logp[i, col[int(t)]] for i, t in enumerate(y)]))
+    cols = np.searchsorted(fit.classes, y)  # classes are sorted and hold every label of the fit's data
+    return float(-logp[np.arange(len(y)), cols].mean())
 
 
 def _fit_key(model: Any, data: Any, search_splits: tuple[str, str]) -> Hashable:

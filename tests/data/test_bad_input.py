@@ -25,6 +25,7 @@ from vptsearch.cli import main
 from vptsearch.data import TaskInfo, read_manifest, write_task
 
 from ._cli_run import one_line_error, run, tree_digest
+from ._folders import class_tree
 
 VTAB = {"train800": 9, "val200": 3, "test": 6}  # images 0..8, 9..11, 12..17; label n % 3
 
@@ -255,17 +256,9 @@ def test_fgvc_json_entries_stay_inside_the_images_folder(tmp_path, out, capsys, 
     assert tree_digest(out) == {}
 
 
-def _class_folders(src, names, per_class=6):
-    for ci, name in enumerate(names):
-        for i in range(per_class):
-            path = src / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((8, 8, 3), 10 * ci + i, dtype=np.uint8)).save(path)
-
-
 def test_image_folder_symlink_out_is_refused(tmp_path, out, capsys):
     src = tmp_path / "src"
-    _class_folders(src, ["cat", "dog"])
+    class_tree(src, ["cat", "dog"], per_class=6)
     os.symlink(_outside(tmp_path), src / "cat" / "stray.png")
     err = one_line_error(capsys, "data", "import-folder", src, "--task", "pets")
     assert re.search(r"image 'cat/stray\.png' \(in the image folder\) resolves to '.*outside/x\.png'", err)
@@ -328,7 +321,7 @@ def test_class_name_corpus(tmp_path, out, capsys, how, names, message):
 @pytest.mark.parametrize("bad", ["ca\nt", "ca\tt", "ca\x7ft"])
 def test_image_folder_class_folder_with_control_character(tmp_path, out, capsys, bad):
     src = tmp_path / "src"
-    _class_folders(src, [bad, "dog"])
+    class_tree(src, [bad, "dog"], per_class=6)
     err = one_line_error(capsys, "data", "import-folder", src, "--task", "pets")
     assert f"class name {bad!r} of label 0 (class folders of {src}) contains control character" in err, err
     assert tree_digest(out) == {}

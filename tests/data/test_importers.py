@@ -19,6 +19,8 @@ from vptsearch.data import (
     read_manifest,
 )
 
+from ._folders import class_tree
+
 
 def _png(path, i, size=8):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,19 +178,9 @@ def test_fgvc_loader_augments_train_and_center_crops_eval(tmp_path):
     assert torch.allclose(torch.cat([x for x, _ in streamed]), e1, atol=0.02)  # same transform, same order
 
 
-def _class_tree(src, names, per_class=4):
-    """One folder per class; every image of class ``name`` is filled with a value derived from it."""
-    for ci, name in enumerate(names):
-        for i in range(per_class):
-            path = src / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((8, 8, 3), 10 * ci + i, dtype=np.uint8)).save(path)
-    return {10 * ci + i: name for ci, name in enumerate(names) for i in range(per_class)}
-
-
 def test_image_folder_numbered_classes_sort_numerically(tmp_path):
     # text order would be 1, 10, 2, 3: labels must follow the numbers (2 before 10)
-    value_to_class = _class_tree(tmp_path / "src", ["10", "2", "1", "3"])
+    value_to_class = class_tree(tmp_path / "src", ["10", "2", "1", "3"])
     import_folder(tmp_path / "src", "nums", root=tmp_path / "out", n_train=6, n_val=2)
     m = read_manifest("custom/nums", tmp_path / "out")
     assert m.class_names == ("1", "2", "3", "10")
@@ -212,7 +204,7 @@ def test_image_folder_numbered_classes_sort_numerically(tmp_path):
 def test_image_folder_ambiguous_class_names_are_refused(tmp_path, capsys, names, message):
     from vptsearch.cli import main
 
-    _class_tree(tmp_path / "src", names)
+    class_tree(tmp_path / "src", names)
     argv = ["data", "import-folder", str(tmp_path / "src"), "--task", "amb", "--root", str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -222,7 +214,7 @@ def test_image_folder_ambiguous_class_names_are_refused(tmp_path, capsys, names,
 
 
 def test_image_folder_zero_padded_and_word_names_keep_text_order(tmp_path):
-    _class_tree(tmp_path / "a", ["class02", "class10", "class01"])
+    class_tree(tmp_path / "a", ["class02", "class10", "class01"])
     import_folder(tmp_path / "a", "padded", root=tmp_path / "out", n_train=6, n_val=2)
     assert read_manifest("custom/padded", tmp_path / "out").class_names == ("class01", "class02", "class10")
     with pytest.raises(ConfigError, match=r"'mini/digits' is built by `vptsearch data build-mini`"):

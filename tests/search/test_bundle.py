@@ -281,6 +281,15 @@ def test_bundle_json_records_the_sha256_of_each_member_file(two_seeds) -> None:
         assert m["sha256"] == hashlib.sha256((d / m["file"]).read_bytes()).hexdigest(), m["file"]
 
 
+def _refused_predict(bundle, img, capsys) -> str:
+    """``predict --json`` on a bad bundle: exit 2, nothing on stdout, one stderr line (returned)."""
+    assert main(["predict", "--bundle", str(bundle), "--json", str(img)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    return err
+
+
 @pytest.mark.parametrize("file", ["prompts.safetensors", "prompts-seed1.safetensors"])
 def test_one_changed_byte_of_head_bias_is_refused(file, two_seeds, tmp_path, capsys) -> None:
     _, _, good, _ = two_seeds
@@ -289,10 +298,7 @@ def test_one_changed_byte_of_head_bias_is_refused(file, two_seeds, tmp_path, cap
     flip_byte(d / file, "head.bias")
     before = _listing(d)
     img = save_png(tmp_path / "a.png")
-    assert main(["predict", "--bundle", str(d), "--json", str(img)]) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    err = _refused_predict(d, img, capsys)
     assert str(d / file) in err and "modified or corrupted" in err and "re-export" in err
     assert _listing(d) == before  # nothing rewritten, nothing added
     with pytest.raises(ConfigError, match="modified or corrupted"):
@@ -330,10 +336,7 @@ def test_non_finite_bundle_tensors_are_refused_at_load(value, two_seeds, tmp_pat
     _rewrite(d, "prompts.safetensors", w)  # recorded digest matches: the values themselves are refused
     before = _listing(d)
     img = save_png(tmp_path / "a.png")
-    assert main(["predict", "--bundle", str(d), "--json", str(img)]) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    err = _refused_predict(d, img, capsys)
     assert str(d / "prompts.safetensors") in err and "head.bias" in err and "non-finite" in err
     assert "accepted: finite values only" in err
     assert _listing(d) == before
@@ -348,8 +351,5 @@ def test_non_finite_outputs_are_refused_at_predict(two_seeds, tmp_path, capsys) 
         w["head.weight"] = torch.full_like(w["head.weight"], 3e38)  # finite, but the logits overflow
         _rewrite(d, file, w)
     img = save_png(tmp_path / "a.png")
-    assert main(["predict", "--bundle", str(d), "--json", str(img)]) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert captured.out == "" and err.startswith("vptsearch: error: ") and "\n" not in err
+    err = _refused_predict(d, img, capsys)
     assert str(d) in err and str(img) in err and "non-finite outputs" in err and "accepted:" in err

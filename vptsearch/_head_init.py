@@ -145,9 +145,11 @@ def load_fit(model: Any, fit: Any) -> None:
 
 def _log_loss(fit: Any, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy of the fit on ``(x, y)`` (what the head starts training at)."""
-    logits = ((x - fit.mean) / fit.scale) @ fit.coef.T + fit.intercept
-    logits -= logits.max(1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    from vptsearch._linear_probe import logits
+
+    z = logits(fit, x)
+    z -= z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     cols = np.searchsorted(fit.classes, y)  # classes are sorted and hold every label of the fit's data
     return float(-logp[np.arange(len(y)), cols].mean())
 

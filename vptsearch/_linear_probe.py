@@ -73,10 +73,14 @@ def fit_standardised(train: Split, C: float = 1.0, max_iter: int = MAX_ITER) -> 
     return LinearFit(scaler.mean_, scaler.scale_, coef, intercept, clf.classes_, float(C))
 
 
+def logits(fit: LinearFit, x: np.ndarray) -> np.ndarray:
+    """``[N, K]`` logits of the rows of ``x`` under ``fit`` (columns in ``fit.classes`` order)."""
+    return ((x - fit.mean) / fit.scale) @ fit.coef.T + fit.intercept
+
+
 def predict(fit: LinearFit, x: np.ndarray) -> np.ndarray:
     """Predicted labels of the rows of ``x`` under ``fit``."""
-    logits = ((x - fit.mean) / fit.scale) @ fit.coef.T + fit.intercept
-    return fit.classes[logits.argmax(1)]
+    return fit.classes[logits(fit, x).argmax(1)]
 
 
 def fit_score(train: Split, test: Split, C: float = 1.0, max_iter: int = MAX_ITER) -> float:

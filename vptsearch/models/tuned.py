@@ -63,15 +63,17 @@ class HeadBatchNorm(nn.BatchNorm1d):
     features of a prompt that is still learning. Same buffers and state-dict keys as BatchNorm1d.
     """
 
+    MOMENTUM = 0.1  # the usual exponential average, once exact averaging would weigh less
+
     def __init__(self, num_features: int) -> None:
-        super().__init__(num_features, affine=False, momentum=0.1)
+        super().__init__(num_features, affine=False, momentum=self.MOMENTUM)
         self._seen: int | None = None  # host copy of num_batches_tracked: no device read per step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] > 1:
             if self._seen is None:  # first step, or after loading a state: read the buffer once
                 self._seen = int(self.num_batches_tracked)  # type: ignore[arg-type]
-            self.momentum = max(0.1, 1.0 / (self._seen + 1))
+            self.momentum = max(self.MOMENTUM, 1.0 / (self._seen + 1))
             self._seen += 1
         return super().forward(x)
 
@@ -83,7 +85,8 @@ class HeadBatchNorm(nn.BatchNorm1d):
         with torch.no_grad():
             self.running_mean.copy_(mean)
             self.running_var.copy_(var)
-            self.num_batches_tracked.fill_(round(1 / 0.1) - 1)  # momentum max(0.1, 1/(n+1)) = 0.1
+            # n batches seen so that max(MOMENTUM, 1/(n+1)) is MOMENTUM from the next step on
+            self.num_batches_tracked.fill_(round(1 / self.MOMENTUM) - 1)
         self._seen = None
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:

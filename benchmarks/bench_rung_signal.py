@@ -64,10 +64,15 @@ def train_cell(recipe: str, task: str, config: dict[str, Any], overrides: list[s
     t0 = time.perf_counter()
     res = run_trial({**FIXED, **config, **RECIPES[recipe]}, task=task, spec=spec, reporter=rep)
     return {
-        "key": cell_key(recipe, task, config), "recipe": recipe, "task": task, "config": config,
-        "status": res.status, "val_curve": [r.get("val_acc", 0.0) for r in rep.results],
-        "head": res.init.get("head"), "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+        "key": cell_key(recipe, task, config),
+        "recipe": recipe,
+        "task": task,
+        "config": config,
+        "status": res.status,
+        "val_curve": [r.get("val_acc", 0.0) for r in rep.results],
+        "head": res.init.get("head"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -137,11 +142,18 @@ def main() -> int:
             )
     summary = {
         "benchmark": "rung_signal",
-        "grid": grid, "fixed": FIXED, "recipes": RECIPES, "tasks": list(tasks), "epochs": epochs, "seed": 0,
-        "trained_now": len(todo), "seconds": round(time.perf_counter() - t0, 1),
-        "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in os.getloadavg()],
+        "grid": grid,
+        "fixed": FIXED,
+        "recipes": RECIPES,
+        "tasks": list(tasks),
+        "epochs": epochs,
+        "seed": 0,
+        "trained_now": len(todo),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "load_before": [round(x, 2) for x in load],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
         "by_recipe": summarise(list(done.values()), tasks, epochs),
-    }  # fmt: skip
+    }
     text = json.dumps(summary, indent=1)
     print(text)
     if not args.smoke:

@@ -33,8 +33,16 @@ from PIL import Image
 
 SIZE = 32
 SPLITS = {"train800": 800, "val200": 200, "test": 1000}
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-          "colorwheel", "camera")  # fmt: skip
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "colorwheel",
+    "camera",
+)
 
 
 def count_image(rng: np.random.Generator, label: int) -> np.ndarray:
@@ -78,8 +86,9 @@ def crops_maker() -> Callable[[np.random.Generator, int], np.ndarray]:
     return crop
 
 
-def write_task(out: Path, make: Callable[[np.random.Generator, int], np.ndarray], classes: list[str],
-               seed: int) -> None:  # fmt: skip
+def write_task(
+    out: Path, make: Callable[[np.random.Generator, int], np.ndarray], classes: list[str], seed: int
+) -> None:
     """Images under ``out/images/<split>/`` and one ``<split>.txt`` list per split, balanced labels."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("".join(c + "\n" for c in classes))

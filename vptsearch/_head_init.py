@@ -23,7 +23,6 @@ prompts (any random-init trial of one seed and shape, any cached SPT init) share
 
 from __future__ import annotations
 
-import hashlib
 import time
 import weakref
 from collections import OrderedDict
@@ -35,6 +34,7 @@ import torch
 
 from vptsearch._catalogue import HEAD_INITS
 from vptsearch._errors import ConfigError
+from vptsearch._hashing import sha256_bytes
 from vptsearch._trial_config import TrialConfig
 from vptsearch.models.tuned import HeadBatchNorm
 
@@ -110,8 +110,9 @@ def _features(model: Any, data: Any, split: str) -> tuple[torch.Tensor, torch.Te
     prompt dropout: the model is in eval mode)."""
     from vptsearch._linear_probe import extract_features
 
-    batches = data.loader(split, train=False, seed=0, batch=data.spec.training.eval_batch_size,
-                          device=data.device)  # fmt: skip
+    batches = data.loader(
+        split, train=False, seed=0, batch=data.spec.training.eval_batch_size, device=data.device
+    )
     return extract_features(model, batches)
 
 
@@ -162,11 +163,19 @@ def _fit_key(model: Any, data: Any, search_splits: tuple[str, str]) -> Hashable:
     prompts = getattr(model, "prompt_tokens", None)
     digest = "none"
     if prompts is not None:
-        digest = hashlib.sha256(prompts.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        digest = sha256_bytes(prompts.detach().cpu().contiguous().numpy().tobytes())
     return (
-        data.task, search_splits, data.train_split, data.spec.data_root, tr.image_size, b.image_size,
-        tuple(b.mean), tuple(b.std), getattr(model, "depth", None), digest,
-    )  # fmt: skip
+        data.task,
+        search_splits,
+        data.train_split,
+        data.spec.data_root,
+        tr.image_size,
+        b.image_size,
+        tuple(b.mean),
+        tuple(b.std),
+        getattr(model, "depth", None),
+        digest,
+    )
 
 
 def _cache_of(backbone: Any) -> OrderedDict[Hashable, tuple[Any, dict[str, Any]]]:

@@ -230,8 +230,13 @@ class EpochLoop:
         )  # fmt: skip
         metrics: dict[str, Any] = {**common, "epoch": epoch, "lr": self.opt.param_groups[0]["lr"]}
         if stats.diverged:  # its seconds too: a diverged epoch cost them as well
-            return {**metrics, "diverged": 1, "train_loss": float("nan"), "val_acc": 0.0,
-                    "epoch_seconds": time.perf_counter() - t0}  # fmt: skip
+            return {
+                **metrics,
+                "diverged": 1,
+                "train_loss": float("nan"),
+                "val_acc": 0.0,
+                "epoch_seconds": time.perf_counter() - t0,
+            }
         metrics.update(diverged=0, train_loss=stats.loss, train_acc=stats.accuracy)
         if self.nmi_images is not None:
             per_layer = prompt_nmi(self.model, self.nmi_images)

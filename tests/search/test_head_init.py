@@ -51,8 +51,9 @@ def test_the_head_fitted_on_the_initialised_prompts_starts_at_the_fits_loss(spec
     loss, _ = _loss_acc(loop, "train800")
     assert loss <= head["train_loss"] + 1e-3  # the model gives the fit's own logits
     # and that is far below where a random head starts on the same prompts
-    random_loss, _ = _loss_acc(prepare_trial({**cfg, "head.init": "random"}, task="mini/textures", spec=spec),
-                               "train800")  # fmt: skip
+    random_loss, _ = _loss_acc(
+        prepare_trial({**cfg, "head.init": "random"}, task="mini/textures", spec=spec), "train800"
+    )
     assert loss < random_loss - 0.3
 
 
@@ -94,8 +95,10 @@ def test_the_fit_is_computed_once_per_worker_and_reported(spec, monkeypatch: pyt
     third = run_trial({**cfg, "seed": 6}, task="mini/digits", spec=spec)  # other random prompts
     assert len(calls) == 2
     assert (first.init["head"]["cached"], second.init["head"]["cached"], third.init["head"]["cached"]) == (
-        False, True, False,
-    )  # fmt: skip
+        False,
+        True,
+        False,
+    )
     assert all(r["head_init_seconds"] == first.init["head"]["seconds"] >= 0 for r in rep.results)
 
 

@@ -89,9 +89,21 @@ def _task_result(test_accs: dict[int, float], probe_test: float | None):
 
     mean, std = mean_std(list(test_accs.values()))
     probe = None if probe_test is None else {"C": 1.0, "val_acc": 0.5, "test_acc": probe_test}
-    return TaskResult(group="structured", best=None, per_init={}, per_method={}, counts={},
-                      seeds=list(test_accs), test_accs=test_accs, test_mean=mean, test_std=std,
-                      exported_seed=None, final={}, probe=probe, probed=True)  # fmt: skip
+    return TaskResult(
+        group="structured",
+        best=None,
+        per_init={},
+        per_method={},
+        counts={},
+        seeds=list(test_accs),
+        test_accs=test_accs,
+        test_mean=mean,
+        test_std=std,
+        exported_seed=None,
+        final={},
+        probe=probe,
+        probed=True,
+    )
 
 
 def test_gap_to_probe_is_the_test_mean_minus_the_probe_in_points() -> None:
@@ -108,8 +120,12 @@ def test_gap_to_probe_is_the_test_mean_minus_the_probe_in_points() -> None:
 def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change() -> None:
     from vptsearch.search._report import probe_gap_warning
 
-    rows = [{"task": "a/x", "gap_to_probe": -4.2}, {"task": "a/y", "gap_to_probe": -1.9},
-            {"task": "a/z", "gap_to_probe": None}, {"task": "a/w", "gap_to_probe": -2.5}]  # fmt: skip
+    rows = [
+        {"task": "a/x", "gap_to_probe": -4.2},
+        {"task": "a/y", "gap_to_probe": -1.9},
+        {"task": "a/z", "gap_to_probe": None},
+        {"task": "a/w", "gap_to_probe": -2.5},
+    ]
     old = probe_gap_warning(rows, {"a/x": {"head.init": "random"}, "a/w": {"head.init": "random"}})
     assert old is not None and "\n" not in old
     assert "a/x (-4.2)" in old and "a/w (-2.5)" in old and "a/y" not in old and "a/z" not in old
@@ -130,9 +146,13 @@ def test_an_init_without_a_completed_trial_is_labelled_on_the_plot(tmp_path, mon
             "config": {"method": "vpt", "prompt.init": init},
         }
 
-    trials = [trial("a/x", "random", "completed", 0.8), trial("a/x", "spt-mean", "pruned", 0.5),
-              trial("a/y", "random", "completed", 0.7), trial("a/y", "spt-mean", "diverged", 0.0),
-              trial("a/y", "spt-mean", "pruned", 0.1)]  # fmt: skip
+    trials = [
+        trial("a/x", "random", "completed", 0.8),
+        trial("a/x", "spt-mean", "pruned", 0.5),
+        trial("a/y", "random", "completed", 0.7),
+        trial("a/y", "spt-mean", "diverged", 0.0),
+        trial("a/y", "spt-mean", "pruned", 0.1),
+    ]
     assert _report.missing_bar_label(trials, "a/x", "spt-mean") == "all pruned"
     assert _report.missing_bar_label(trials, "a/y", "spt-mean") == "none completed"
     assert _report.missing_bar_label(trials, "a/x", "spt-kmeans") == "not tried"

@@ -91,8 +91,11 @@ class TaskResult:
         }
         if self.probed:
             pr = self.probe
-            out.update(probe_val=pr and pr["val_acc"], probe_test=pr and pr["test_acc"],
-                       gap_to_probe=self.gap_to_probe())  # fmt: skip
+            out.update(
+                probe_val=pr and pr["val_acc"],
+                probe_test=pr and pr["test_acc"],
+                gap_to_probe=self.gap_to_probe(),
+            )
         if self.bundled:
             out["ensemble_test"] = self.ensemble_test_acc
         return out

@@ -293,8 +293,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the generated prometheus.yml and exit")
     p.add_argument("--grafana-dashboards", metavar="DIR",
                    help="write Ray's generated Grafana dashboards to DIR and exit")  # fmt: skip
-    p.add_argument("--graph-window", default="12h", metavar="DURATION",
-                   help="time range of the graph links, from the launch's start (default 12h)")  # fmt: skip
+    p.add_argument(
+        "--graph-window",
+        default="12h",
+        metavar="DURATION",
+        help="time range of the graph links, from the launch's start (default 12h)",
+    )
     p.add_argument("--stop", action="store_true", help="stop the Prometheus this command started")
     p.set_defaults(func=cmd_monitor)
 
@@ -316,12 +320,16 @@ def _print_banner(prom: Prometheus, args: argparse.Namespace, interval: str, win
     # (just started) holds nothing of the launch started next
     start = launch_start(args.ray_temp_dir) or time.time()
     ui = "classic UI" if prefix else "UI"
-    print(f"Prometheus: {prom.url} (pid {prom.pid}, {'version ' + version + ', ' if version else ''}"
-          f"{ui}, 127.0.0.1 only); stop it with `vptsearch monitor --stop`")  # fmt: skip
+    print(
+        f"Prometheus: {prom.url} (pid {prom.pid}, {'version ' + version + ', ' if version else ''}"
+        f"{ui}, 127.0.0.1 only); stop it with `vptsearch monitor --stop`"
+    )
     print(f"  scrapes:    every {interval}, the Ray nodes listed in {sd} (the local Ray's dashboard writes)")
     print(f"  targets:    {targets_url(prom.url, prefix)}")
-    for label, expr in (("trials", f"sum by (task, phase) (ray_{NAMES['completed']})"),
-                        ("best val", f"max by (task) (ray_{NAMES['best_val_acc']})")):  # fmt: skip
+    for label, expr in (
+        ("trials", f"sum by (task, phase) (ray_{NAMES['completed']})"),
+        ("best val", f"max by (task) (ray_{NAMES['best_val_acc']})"),
+    ):
         link = graph_url(prom.url, expr, start=start, window=window, prefix=prefix)
         print(f"  {label + ':':<11} {link}")
     print(

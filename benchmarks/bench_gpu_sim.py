@@ -52,8 +52,16 @@ Platform efficiency = simulated compute seconds (GPU train + eval) / (Tuner wall
 importing torch on 2 cores: minutes here, seconds on a GPU node). The breakdown splits the slot-seconds
 (sums to 1): compute, model build, data, host sync, eval bookkeeping, checkpoint (state snapshot,
 torch.save, persist/upload), report (tune.report and its wait on the driver), other in-trial work,
-worker start-up, and driver (slots idle between a trial's last report and the next trial's start:
-the driver's scheduling, searcher, callbacks, actor reuse). Timing is never asserted.
+worker start-up, between trials (a slot idle from its trial's last report to its next trial's
+start: the driver's scheduling, searcher, callbacks, actor reuse) and tail (a slot idle after its
+last trial: nothing was left to start; ``steady_efficiency_without_tail`` leaves it out as well).
+
+The driver's own cost (``driver_costs``, see ``_driver_costs.py``): CPU ms of its main thread per
+result and per trial, results per second, and from those a projection to an 8-GPU node with 16
+slots and a core per slot (``projection_8gpu_node_16_slots``: formula and inputs printed). Modes:
+``new`` is the launch path as it is, ``before`` the same trial engine on the launch path before
+issue 29 (a result every epoch, Tune's ``num_to_keep=1``, one pending trial), ``baseline`` the old
+trial engine on that path. Timing is never asserted.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -77,10 +86,16 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-MODES = ("baseline", "new")
+# baseline: the old trial engine on the launch path as it was before issue 29; before: today's trial
+# engine on that launch path (a result every epoch, Tune's num_to_keep=1, one pending trial);
+# new: the launch path now (results at rungs/checkpoints + one per report_every_s, checkpoints
+# pruned by the launch, as many pending trials as slots)
+MODES = ("baseline", "before", "new")
+OLD_PLATFORM = ("baseline", "before")
 STORAGES = ("local", "s3")
 TARGETS = {"local": 0.90, "s3": 0.80}
 FIXED_COST_TARGET = 0.02  # per-trial fixed cost / an 18-s trial
+PROJECTION_TARGET = 0.95  # an 8-GPU node, 16 slots, from the measured per-event costs
 
 # ViT-B/16 at 224 px
 DIM, DEPTH, PATCHES, MLP_RATIO = 768, 12, 196, 4
@@ -214,7 +229,7 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
     quality = (zlib.crc32(f"{config['prompt.length']},{config['optim.base_lr']},"
                           f"{config['optim.weight_decay']}".encode()) % 1000) / 1000.0  # fmt: skip
     checkpointed = checkpoint_epochs(spec)
-    reporter, history = TuneReporter(), []
+    reporter, history = TuneReporter(tr.report_every_s), []
     for epoch in range(1, tr.epochs + 1):
         t_epoch, before = now(), b["data"] + b["host_sync"]
         gpu = now()  # when the simulated GPU queue drains
@@ -269,7 +284,7 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
             b["checkpoint"] += now() - t0
         else:
             flush()
-            reporter.report(metrics)
+            reporter.report(metrics)  # held by the throttle, or a round trip through the driver
             b["report"] += now() - t0
         flush()
 
@@ -383,7 +398,8 @@ def _spec(args: argparse.Namespace, mode: str, root: Path, storage: str | None) 
         "scheduler": {"type": "asha", "grace_period": args.grace, "reduction_factor": 3},
         # old behaviour: a checkpoint with every epoch's report
         "training": {"epochs": args.epochs, "warmup_epochs": max(1, args.epochs // 10), "batch_size": 64,
-                     "image_size": 224, "checkpoint_every": 1 if mode == "baseline" else 10},
+                     "image_size": 224, "checkpoint_every": 1 if mode == "baseline" else 10,
+                     "report_every_s": 0.0 if mode in OLD_PLATFORM else args.report_every_s},
         "resources": {"cpu": 1, "gpu": 1},
         "storage": {"path": storage} if storage else {},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "bench_gpu_sim",
@@ -410,6 +426,7 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
     )
 
     timed = _load("bench_platform_overhead")._timed_methods
+    _costs = _load("_driver_costs")
     driver: dict[str, float] = defaultdict(float)
     targets = {
         "searcher": [(MultiTaskSearcher, m) for m in ("suggest", "on_trial_result", "on_trial_complete")],
@@ -445,10 +462,15 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
                              run_dir=run_dir),
             ProgressCallback(budget, epochs, "search"),
         ]
-        with _swapped_trainable(sim), timed(targets, driver), contextlib.redirect_stdout(sys.stderr):
+        # the old launch path: Tune prunes checkpoints (num_to_keep=1) and stages one trial at a time
+        old_platform = mode in OLD_PLATFORM
+        setup = _phases.TuneSetup(spec, run_dir, store, tune_num_to_keep=1 if old_platform else None,
+                                  max_pending_trials=1 if old_platform else None)  # fmt: skip
+        events: dict[str, Any] = {}
+        with _swapped_trainable(sim), timed(targets, driver), contextlib.redirect_stdout(sys.stderr), \
+                _costs.driver_events(events):  # fmt: skip
             t0 = time.time()
-            results = _phases.run_tuner(_phases.TuneSetup(spec, run_dir, store), "search", searcher,
-                                        build_scheduler(spec), budget, callbacks)  # fmt: skip
+            results = _phases.run_tuner(setup, "search", searcher, build_scheduler(spec), budget, callbacks)
             wall = time.time() - t0
         t_drain = time.perf_counter()
         unsynced = tracker.close()
@@ -458,8 +480,14 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
             statuses[trial_status(r.metrics, epochs, r.error is not None)] += 1
         trials = [json.loads(f.read_text()) for f in timings.glob("*.json")]
         stored = _stored_bytes(store)
-    return _account(args, mode, storage, wall, t0, trials, dict(statuses), dict(driver), drain_s, unsynced,
-                    results.num_errors, stored)  # fmt: skip
+    out = _account(args, mode, storage, wall, t0, trials, dict(statuses), dict(driver), drain_s, unsynced,
+                   results.num_errors, stored)  # fmt: skip
+    costs = _costs.per_event(events, len(trials))
+    per_s = round(costs["results"] / max(1e-9, wall), 1)
+    out["driver_costs"] = {**costs, "results_per_s": per_s, "events": events}
+    snap = out["driver_components_s"].get("experiment_snapshot", 0.0)
+    out["snapshot_share_of_driver"] = round(snap / max(1e-9, wall), 4)
+    return out
 
 
 def _stored_bytes(store: Any) -> int:
@@ -489,8 +517,19 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
     startup = max(0.0, min(startup, slot_s - busy))
     sums["other_in_trial"] = busy - sum(sums.values())
     sums["worker_startup"] = startup
-    sums["driver"] = slot_s - busy - startup
+    # a slot idles between its trials (the driver's handling of one trial's end and the next's
+    # start), then after its last trial until the run ends (nothing left to start: the search's tail)
+    by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for t in trials:
+        by_pid[t["pid"]].append(t)
+    gaps = []
+    for runs in by_pid.values():
+        runs.sort(key=lambda t: t["start"])
+        gaps += [max(0.0, b["start"] - a["end"]) for a, b in itertools.pairwise(runs)]
+    sums["between_trials"] = min(sum(gaps), slot_s - busy - startup)
+    sums["tail"] = slot_s - busy - startup - sums["between_trials"]
     n = len(trials)
+    gaps.sort()
     # per-trial fixed cost: model build + data ready (+ init: random, in model_build); first_touch
     # is the part paid once per worker (backbone) or per worker and task (split decode)
     fixed = sorted(t["model_build"] + t["data_ready"] for t in trials)
@@ -505,6 +544,14 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
         "compute_s": round(sums["compute"], 2),
         "efficiency": round(sums["compute"] / slot_s, 4),
         "steady_efficiency": round(sums["compute"] / max(1e-9, slot_s - startup), 4),
+        # also without the tail: while trials were still waiting to start
+        "steady_efficiency_without_tail": round(
+            sums["compute"] / max(1e-9, slot_s - startup - sums["tail"]), 4),
+        "idle_between_trials_s": {
+            "median": round(statistics.median(gaps), 4) if gaps else None,
+            "mean": round(statistics.fmean(gaps), 4) if gaps else None,
+            "p90": round(gaps[int(0.9 * (len(gaps) - 1))], 4) if gaps else None,
+        },
         "breakdown": {k: round(v / slot_s, 4) for k, v in sums.items()},
         "breakdown_s_per_trial": {k: round(v / max(1, n), 4) for k, v in sums.items()},
         "epochs_per_trial": round(sum(t["reports"] for t in trials) / max(1, n), 2),
@@ -522,6 +569,21 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
         "mlflow_drain_s": round(drain_s, 3),
         "mlflow_unsynced": unsynced,
     }
+
+
+def _project(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The run's measured per-event costs projected to an 8-GPU node, 2 trials per GPU, a core per
+    trial (``_driver_costs.projection``). The trial's host work is what it measured here on shared
+    cores (an upper bound); its checkpoint bucket (torch.save, persist, and its result's wait on
+    the driver) counts whole as fixed host work."""
+    per_trial = run["breakdown_s_per_trial"]
+    epochs = max(1e-9, run["epochs_per_trial"])
+    host = sum(per_trial[k] for k in ("data", "host_sync", "eval_bookkeeping", "train_loop_other"))
+    fixed = run["fixed_cost_s_per_trial"]["median_without_first_touch"] or 0.0
+    return _load("_driver_costs").projection(
+        run["driver_costs"], slots=16, epochs_per_trial=epochs, gpu_s_per_epoch=per_trial["compute"] / epochs,
+        worker_s_per_epoch=host / epochs, worker_s_per_trial=fixed + per_trial["checkpoint"],
+    )
 
 
 # --- S3: moto's server in a process of its own ------------------------------------------------------
@@ -581,7 +643,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="GPU seconds of an 800-image epoch at p = 50 (the anchor)")
     ap.add_argument("--storage", default=None,
                     help="comma-separated: local, s3 (default both; --smoke: local)")
-    ap.add_argument("--modes", default="baseline,new", help="comma-separated: baseline, new")
+    ap.add_argument("--modes", default="before,new",
+                    help="comma-separated: baseline, before, new (see MODES)")
+    ap.add_argument("--report-every-s", type=float, default=5.0,
+                    help="new: training.report_every_s (the trial's progress-result interval)")
     ap.add_argument("--calibration-model", default="vit_base_patch16_224")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -634,6 +699,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import mlflow
     import torch
 
+    projections = {k: _project(r, args) for k, r in runs.items()}
+    if "local_new" in projections:
+        met["projection_8gpu_node"] = projections["local_new"]["efficiency"] >= PROJECTION_TARGET
     result = {
         "benchmark": "gpu_sim",
         "smoke": args.smoke,
@@ -653,6 +721,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steady_efficiency": {k: r["steady_efficiency"] for k, r in runs.items()},
         "targets": {"efficiency_local": TARGETS["local"], "efficiency_s3": TARGETS["s3"],
                     "fixed_cost_s": round(FIXED_COST_TARGET * trial_s, 3)},
+        "projection_8gpu_node_16_slots": projections,
         "meets_target": met,
         "seconds": round(time.perf_counter() - t_all, 1),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -661,8 +730,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(json.dumps(result, indent=2))
     for k, r in runs.items():
+        c = r["driver_costs"]
         print(f"{k:<15} efficiency {r['efficiency']:.3f} (steady {r['steady_efficiency']:.3f}) "
-              f"{r['trials']} trials in {r['wall_s']:.0f} s", file=sys.stderr)  # fmt: skip
+              f"{r['trials']} trials in {r['wall_s']:.0f} s; {c['results_per_s']} results/s, driver "
+              f"{c['ms_per_result']} ms/result {c['ms_per_trial']} ms/trial; 8-GPU projection "
+              f"{projections[k]['efficiency']:.3f}", file=sys.stderr)  # fmt: skip
     return result
 
 

@@ -76,15 +76,10 @@ def checkpoint_epochs(spec: SearchSpec) -> frozenset[int]:
     ASHA rung (``grace_period * reduction_factor**k``: where the scheduler may stop the trial, so a
     stopped trial's last result has its state) and the last epoch (what the final phase exports).
     A trial resumed from an earlier checkpoint replays the epochs after it, exactly."""
-    tr, sch = spec.training, spec.scheduler
-    epochs = {tr.epochs}
+    tr = spec.training
+    epochs = {tr.epochs, *spec.asha_rungs}
     if tr.checkpoint_every > 0:
         epochs.update(range(tr.checkpoint_every, tr.epochs + 1, tr.checkpoint_every))
-    if sch.type == "asha":
-        rung = sch.grace_period
-        while rung <= tr.epochs:
-            epochs.add(rung)
-            rung *= sch.reduction_factor
     return frozenset(epochs)
 
 

@@ -1,8 +1,9 @@
-"""The simulated-GPU launch benchmark in --smoke mode: both engines through the real launch path.
+"""The simulated-GPU launch benchmark in --smoke mode: both engines, both launch paths, for real.
 
 Timing is never asserted; the JSON's structure and its accounting are (fractions of the slot-seconds
 sum to 1, efficiency is the compute share, the old engine checkpoints every epoch, the new one only
-at its policy's epochs).
+at its policy's epochs; the launch path before issue 29 sends a result every epoch, today's fewer;
+the driver's per-event costs and the 8-GPU projection are there with their formula).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import pytest
 
 BUCKETS = {"compute", "model_build", "data", "host_sync", "eval_bookkeeping", "checkpoint", "report",
-           "train_loop_other", "other_in_trial", "worker_startup", "driver"}  # fmt: skip
+           "train_loop_other", "other_in_trial", "worker_startup", "between_trials", "tail"}  # fmt: skip
 
 
 def test_gpu_sim_smoke(run_benchmark, capsys):
-    r = run_benchmark("bench_gpu_sim", ["--smoke"])
+    r = run_benchmark("bench_gpu_sim", ["--smoke", "--modes", "baseline,before,new"])
     assert '"benchmark": "gpu_sim"' in capsys.readouterr().out
     assert r["smoke"] is True and r["slots"] == 2 and r["epochs"] == 6
-    assert set(r["runs"]) == {"local_baseline", "local_new"}
+    assert set(r["runs"]) == {"local_baseline", "local_before", "local_new"}
     # the anchor: 0.18 s per 800-image epoch at p = 50 from ~89 GFLOP/image at 40 % of 989 TFLOP/s
     assert r["anchor"]["epoch_s_p50_800_images"] == pytest.approx(0.18, abs=0.005)
     assert r["anchor"]["train_gflop_per_image_p50_issue"] == pytest.approx(89, abs=1)
@@ -36,11 +37,20 @@ def test_gpu_sim_smoke(run_benchmark, capsys):
         assert run["fixed_cost_s_per_trial"]["median"] > 0
         assert run["mlflow_unsynced"] == 0
         assert set(run["driver_components_s"]) >= {"searcher", "scheduler", "callbacks"}
+        costs = run["driver_costs"]
+        assert costs["results"] > 0 and costs["ms_per_result"] > 0 and costs["ms_per_trial"] > 0, name
+        assert costs["main_thread_cpu_s"] > 0 and run["idle_between_trials_s"]["median"] is not None
+        proj = r["projection_8gpu_node_16_slots"][name]
+        assert proj["inputs"]["slots"] == 16 and 0 < proj["efficiency"] <= 1 and "rho" in proj["formula"]
     old, new = r["runs"]["local_baseline"], r["runs"]["local_new"]
     assert old["checkpoints_per_trial"] == old["epochs_per_trial"]  # every epoch
     assert new["checkpoints_per_trial"] < new["epochs_per_trial"]  # rungs (2, 6) and the last epoch
     assert old["breakdown"]["data"] > new["breakdown"]["data"]  # host normalisation + copies per batch
-    assert set(r["meets_target"]) == {"local_efficiency", "fixed_cost"}
+    # before issue 29 every epoch was a Tune result; now rungs, checkpoints and the last epoch
+    before = r["runs"]["local_before"]
+    assert before["driver_costs"]["results_per_trial"] == pytest.approx(before["epochs_per_trial"])
+    assert new["driver_costs"]["results_per_trial"] < new["epochs_per_trial"]
+    assert set(r["meets_target"]) == {"local_efficiency", "fixed_cost", "projection_8gpu_node"}
     assert all(isinstance(v, bool) for v in r["meets_target"].values())
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from vptsearch.search._searcher import trial_status
+from vptsearch.search._result_keys import trial_status
 
 log = logging.getLogger("vptsearch")
 TAG_KEYS = ("task", "phase")

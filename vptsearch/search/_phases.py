@@ -19,11 +19,12 @@ from safetensors.torch import save_file
 
 from vptsearch._errors import VptsearchError
 from vptsearch.search import _bundle, _trainable
+from vptsearch.search._checkpoints import CheckpointPruner
 from vptsearch.search._compat import cached_trainable_lookups
 from vptsearch.search._protocol import TrialRecord
+from vptsearch.search._result_keys import trial_status
 from vptsearch.search._results import FinalRun
 from vptsearch.search._scheduler import PerTaskScheduler
-from vptsearch.search._searcher import trial_status
 from vptsearch.search._storage import Storage, launch_storage
 from vptsearch.spec import SearchSpec
 
@@ -59,6 +60,10 @@ class TuneSetup:
     store: Storage | None = None
     backbone: Any = None
     resume: bool = False
+    # Tune's own checkpoint pruning and pending-trial limit instead of the launch's (benchmarks
+    # measure the launch path as it was with them): ``num_to_keep`` and ``TUNE_MAX_PENDING_TRIALS_PG``
+    tune_num_to_keep: int | None = None
+    max_pending_trials: int | None = None
 
 
 def run_tuner(
@@ -68,14 +73,14 @@ def run_tuner(
 
     Raises :class:`LaunchInterrupted` when fewer than ``num_samples`` trials really ended.
     """
-    # num_to_keep=1 makes Tune snapshot the experiment after every checkpoint (our per-epoch,
-    # kilobyte-sized ones) and warn each time that snapshots are frequent; locally they are cheap.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # local run dir, NFS, or a pyarrow filesystem (S3)
     store = setup.store or launch_storage(setup.spec, setup.run_dir)
     path = f"{store.path}/{name}"
     # looked up on the module: the benchmarks swap in a stand-in trainable
     trainable = _trainable.make_trainable(setup.spec, setup.backbone)
+    # the launch keeps each trial's newest checkpoint (see _checkpoints: Tune's num_to_keep forces
+    # an experiment snapshot per checkpoint)
+    pruner = [CheckpointPruner()] if setup.tune_num_to_keep is None else []
     if setup.resume and tune.Tuner.can_restore(path, storage_filesystem=store.fs):
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -91,13 +96,14 @@ def run_tuner(
                 name=name,
                 storage_path=store.path,
                 storage_filesystem=store.fs,
-                callbacks=[*callbacks, _trainable.NoTensorBoard()],
+                callbacks=[*callbacks, _trainable.NoTensorBoard(), *pruner],
                 verbose=0,  # ProgressCallback prints one line per finished trial
                 failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.tune_num_to_keep),
             ),
         )
-    with _quiet_tune_restore_hint(), cached_trainable_lookups():
+    pending = setup.max_pending_trials or trial_slots(setup.spec)
+    with _quiet_tune_restore_hint(), cached_trainable_lookups(), _max_pending_trials(pending):
         results = tuner.fit()
     finished = finished_trials(results, setup.spec.training.epochs)
     if finished < num_samples:
@@ -127,6 +133,35 @@ def finished_trials(results: Any, max_epochs: int) -> int:
         return bool(last) and trial_status(last, max_epochs) != "pruned"
 
     return sum(1 for r in results if ended(r))
+
+
+def trial_slots(spec: SearchSpec) -> int:
+    """How many trials the Ray cluster holds at once (its CPUs and GPUs over one trial's share).
+
+    Tune stages one pending trial at a time for any searcher but its own random/grid ones
+    (``TUNE_MAX_PENDING_TRIALS_PG``): after a wave of trials ends, free slots then fill one per
+    controller step. With as many pending as slots, a free slot takes a staged trial at once.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    fits = [int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+    return max(1, min(fits, default=1))
+
+
+@contextlib.contextmanager
+def _max_pending_trials(n: int) -> Iterator[None]:
+    """``TUNE_MAX_PENDING_TRIALS_PG`` = ``n`` while the Tuner runs (Tune reads it when the run
+    starts), unless the user set it."""
+    if "TUNE_MAX_PENDING_TRIALS_PG" in os.environ:
+        yield
+        return
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(n)
+    try:
+        yield
+    finally:
+        os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from vptsearch.search._searcher import trial_status
+from vptsearch.search._result_keys import trial_status
 
 
 def hparams(config: dict[str, Any]) -> dict[str, Any]:

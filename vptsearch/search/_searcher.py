@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 
 from vptsearch._hashing import sha256_bytes
 from vptsearch.search._journal import WorkingCopyJournalStorage, journal_batch, journal_storage, load_studies
+from vptsearch.search._result_keys import METRIC, MODE, TIME_ATTR, trial_status
 from vptsearch.search._state import DriverStateMixin
 from vptsearch.search._tpe import WindowedTPESampler, _study_gamma
 from vptsearch.search._untried import ATTR as UNTRIED_ATTR
@@ -41,11 +42,9 @@ __all__ = [
     "METRIC", "MODE", "TIME_ATTR", "MultiTaskSearcher", "PruneAwareOptunaSearch", "WindowedTPESampler",
     "WorkingCopyJournalStorage", "_study_gamma", "build_searcher", "journal_storage", "load_studies",
     "make_task_searcher", "task_seed", "trial_status",
-]
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
-
-METRIC, MODE, TIME_ATTR = "val_acc", "max", "epoch"
 
 
 class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
@@ -75,8 +74,12 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         storage: BaseStorage | None,
         max_epochs: int,
         seed: int = 0,
+        report_steps: frozenset[int] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
+        # the steps whose values Optuna keeps (ASHA's rungs; None: every result): a pruned trial's
+        # value is the one at its last rung, and one journal write per epoch was driver time
+        self._report_steps = report_steps
         # The names Ray's OptunaSearch gave the same state (this class subclassed it once): a searcher
         # snapshot saved then restores into this class unchanged.
         self._space = space
@@ -156,12 +159,15 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self.metric not in result:
             return
+        steps = getattr(self, "_report_steps", None)  # a searcher pickled before it had them: None
+        if steps is not None and _step(result) not in steps:
+            return
         with journal_batch(self._storage):
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict) -> None:
         ot_trial = self._ot_trials[trial_id]
-        step = int(result.get(TIME_ATTR, result.get("training_iteration", 0)))
+        step = _step(result)
         # Optuna keeps one value per step; a resumed trial may re-send a step it already reported.
         if step not in _stored(self._ot_study, ot_trial).intermediate_values:
             ot_trial.report(float(result[self.metric]), step)
@@ -177,8 +183,8 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         status = trial_status(result, self._max_epochs, error)
         try:
             ot_trial.set_user_attr("status", status)
-            if result and self.metric in result:
-                self.on_trial_result(trial_id, result)
+            if result and self.metric in result:  # the last value, at whatever step it ended
+                self._report(trial_id, result)
             if status == "completed" and result is not None:
                 self._ot_study.tell(ot_trial, float(result[self.metric]), state=TrialState.COMPLETE)
             elif status in ("pruned", "diverged"):
@@ -216,24 +222,15 @@ class _SampledValues:
         return suggest
 
 
+def _step(result: Mapping[str, Any]) -> int:
+    return int(result.get(TIME_ATTR, result.get("training_iteration", 0)))
+
+
 def _stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
     """``trial`` as its storage holds it now (a restored searcher's trial caches an older copy)."""
     storage = trial.storage
     study_id = storage.get_study_id_from_name(study.study_name)
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
-
-
-def trial_status(result: Mapping[str, Any] | None, max_epochs: int, error: bool = False) -> str:
-    """completed | pruned | diverged | failed, from a trial's last result.
-
-    A result with ``error`` is the last one of a trial that met bad data or config and ended
-    without a retry (see ``_trainable.failure_result``)."""
-    if error or not result or result.get("error"):
-        return "failed"
-    if result.get("diverged"):
-        return "diverged"
-    return "completed" if int(result.get(TIME_ATTR, 0)) >= max_epochs else "pruned"
-
 
 
 def make_task_searcher(
@@ -269,6 +266,7 @@ def make_task_searcher(
         storage=_launch_storage(journal),
         max_epochs=spec.training.epochs,
         seed=seed,
+        report_steps=spec.asha_rungs,
     )
 
 
@@ -339,8 +337,8 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
                     self.budgets[task] = self.started[task]
                     continue
                 searcher = self.searchers[task]
-                source = searcher.user_attr(trial_id, WARM_START_ATTR) if isinstance(
-                    searcher, PruneAwareOptunaSearch) else None
+                aware = searcher if isinstance(searcher, PruneAwareOptunaSearch) else None
+                source = None if aware is None else aware.user_attr(trial_id, WARM_START_ATTR)
                 if source is not None:  # a control key, like task/phase: the MLflow run's tag, never a param
                     config = {**config, "warm_start": source}
             self.started[task] += 1

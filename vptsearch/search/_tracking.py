@@ -23,7 +23,8 @@ from ray import tune
 from vptsearch._errors import ConfigError
 from vptsearch.search import _records
 from vptsearch.search._applier import Applier
-from vptsearch.search._searcher import trial_status
+from vptsearch.search._progress import ProgressCallback
+from vptsearch.search._result_keys import EARLIER_EPOCHS, trial_status
 from vptsearch.search._spool import Spool, Writer, sync
 from vptsearch.search._tracking_store import (  # the store's helpers, also imported from here
     artifact_location,
@@ -33,7 +34,8 @@ from vptsearch.search._tracking_store import (  # the store's helpers, also impo
     tracking_uri_for,
 )
 
-__all__ = [  # the store's helpers and sync live in their own modules; callers import them from here too
+# the store's helpers, sync and ProgressCallback live in their own modules; callers import them here too
+__all__ = [
     "LOGGED_METRICS", "MLFLOW_STATUS", "PREFIX", "ProgressCallback", "Tracker", "TrackingCallback",
     "artifact_location", "check_tracking_uri", "client", "resolve_tracking_uri", "sync", "task_outcome",
     "tracking_uri_for",
@@ -156,6 +158,19 @@ class Tracker:
         if (rec.params, rec.metrics, rec.tags) != (None, None, None):
             self._submit(rec)
 
+    def log_epochs(self, ref: str, rows: list[tuple[int, dict[str, Any], float | None]]) -> None:
+        """Metrics of several steps in one write: ``(step, metrics, timestamp in seconds or None for
+        now)`` per row (a trial's result and the epochs it held back before it)."""
+        now = time.time()
+        points = [
+            _records.MetricPoint(k, float(v), int((now if t is None else t) * 1000), int(step))
+            for step, metrics, t in rows
+            for k, v in metrics.items()
+            if v is not None
+        ]
+        if points:
+            self._submit(_records.LogRecord(ref, metrics=points))
+
     def log_params_once(self, ref: str, params: dict[str, Any]) -> None:
         self.log(ref, params=params)
 
@@ -235,6 +250,10 @@ def task_outcome(task: str, res: dict[str, Any]) -> tuple[str, str]:
     return " · ".join(parts), "\n\n".join(lines)
 
 
+def _logged(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k in LOGGED_METRICS or k.startswith(LOGGED_METRIC_PREFIXES)}
+
+
 class TrackingCallback(tune.Callback):
     """Logs every Tune trial as a nested MLflow run of its task's parent run (from the driver).
 
@@ -310,10 +329,12 @@ class TrackingCallback(tune.Callback):
         self._run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        metrics = {
-            k: v for k, v in result.items() if k in LOGGED_METRICS or k.startswith(LOGGED_METRIC_PREFIXES)
-        }
-        self.tracker.log(self._run_id(trial), metrics=metrics, step=int(result.get("epoch", iteration)))
+        """The result's epoch, and the epochs the trial held back before it (one spooled write)."""
+        # held-back rows carry when they ended; the result itself is logged as of now (Tune's own
+        # ``timestamp`` in it has whole seconds)
+        rows = [(int(r["epoch"]), _logged(r), r.get("timestamp")) for r in result.get(EARLIER_EPOCHS, ())]
+        rows.append((int(result.get("epoch", iteration)), _logged(result), None))
+        self.tracker.log_epochs(self._run_id(trial), rows)
 
     def _finish(self, trial: Any, error: bool) -> None:
         ref = self._run_id(trial)
@@ -352,38 +373,3 @@ class TrackingCallback(tune.Callback):
                 "trial_id",
                 [f"{lid}/{phase}/{t.trial_id}" for t in trials],
             )
-
-
-class ProgressCallback(tune.Callback):
-    """One concise line per finished trial (Tune's own tables are silenced: verbose=0)."""
-
-    def __init__(self, total: int, max_epochs: int, phase: str) -> None:
-        self.total, self.max_epochs, self.phase, self.done = total, max_epochs, phase, 0
-        self.t0 = time.monotonic()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.t0 = time.monotonic()
-
-    def _line(self, trial: Any, error: bool) -> None:
-        self.done += 1
-        last = trial.last_result or {}
-        status = trial_status(last, self.max_epochs, error)
-        cfg = trial.config
-        what = ", ".join(f"{k.split('.')[-1]}={cfg[k]}" for k in ("method", "prompt.length", "prompt.init",
-                                                                  "optim.base_lr") if k in cfg)  # fmt: skip
-        score = (f"test {last['test_acc']:.3f}" if "test_acc" in last else
-                 f"val {last.get('val_acc', float('nan')):.3f}")  # fmt: skip
-        head = f"  [{self.phase} {self.done}/{self.total} {time.monotonic() - self.t0:5.0f}s]"
-        why = f": {last['error']}" if last.get("error") else ""  # bad data/config: not retried
-        print(f"{head} {cfg.get('task')} seed {cfg.get('seed', 0)}: {status} after {last.get('epoch', 0)} "
-              f"epoch(s), {score} ({what}){why}", flush=True)  # fmt: skip
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial, error=False)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial, error=True)

@@ -2,7 +2,10 @@
 
 Reports go through ``tune.report(metrics, checkpoint=...)``; the checkpoint is one small
 ``state.pt`` (trained tensors + optimizer + epoch + history), and ``tune.get_checkpoint()`` resumes
-a retried or restored trial from it.
+a retried or restored trial from it. Not every epoch is a Tune result: :class:`ReportThrottle`
+sends the ones the scheduler needs and at most one progress result per ``training.report_every_s``;
+the epochs held back travel in the next result's ``EARLIER_EPOCHS`` list (the driver's MLflow
+callback logs each at its own step).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import os
 import posixpath
 import tempfile
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +26,7 @@ from ray.tune.logger import TBXLoggerCallback
 
 from vptsearch._errors import ConfigError, DataError
 from vptsearch.search._cluster import SharedBackbone
+from vptsearch.search._result_keys import EARLIER_EPOCHS
 from vptsearch.spec import SearchSpec, spec_from_dict
 from vptsearch.train import run_trial
 
@@ -28,28 +34,75 @@ log = logging.getLogger("vptsearch")
 STATE_FILE = "state.pt"
 
 
+# the same for every epoch of a trial: the result that carries the held-back epochs has them once
+_CONSTANT_KEYS = frozenset({"phase", "seed", "tuned_percent", "node_id", "head_init_seconds"})
+
+
+class ReportThrottle:
+    """Decides which per-epoch results of a trial Tune receives.
+
+    Every result is a round trip through the driver (the trial's ``tune.report`` waits for it), so
+    only these go at once: a result with a checkpoint (``checkpoint_epochs``: ASHA's rungs, where it
+    decides, and the last epoch), a diverged or failed one (the trial ends), and the first after
+    ``interval_s`` seconds without a result (progress for the dashboard and MLflow). The others are
+    held and sent, as rows of their numbers and the time they were measured, with the next result
+    under ``EARLIER_EPOCHS``. ASHA and Optuna see the same values at the same rungs as with a
+    result every epoch. ``interval_s`` 0: every epoch is sent.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s, self.clock = float(interval_s), clock
+        self.held: list[dict[str, Any]] = []
+        self.last_sent = clock()
+
+    def offer(self, metrics: dict[str, Any], must: bool) -> dict[str, Any] | None:
+        """The result to send now (with the epochs held since the last one), or None: held."""
+        now = self.clock()
+        ends = metrics.get("diverged") or "error" in metrics
+        if not (must or ends) and now - self.last_sent < self.interval_s:
+            self.held.append(_row(metrics))
+            return None
+        out = dict(metrics)
+        if self.held:
+            out[EARLIER_EPOCHS], self.held = self.held, []
+        self.last_sent = now
+        return out
+
+
+def _row(metrics: dict[str, Any]) -> dict[str, Any]:
+    row = {k: v for k, v in metrics.items() if k not in _CONSTANT_KEYS and isinstance(v, (int, float))}
+    row["timestamp"] = time.time()  # when the epoch ended: MLflow's time axis for the held-back points
+    return row
+
+
 class TuneReporter:
-    """Reporter that forwards to ``tune.report``, writing the state as a Tune checkpoint.
+    """Reporter that forwards to ``tune.report`` through a :class:`ReportThrottle`, writing the state
+    as a Tune checkpoint.
 
     Every result carries ``node_id`` (the Ray node the trial ran on): Tune's own ``node_ip`` is the
     same for every node of a one-host cluster, and which node trained which epoch is what a
-    node-loss post-mortem (and the node-loss test) needs.
+    node-loss post-mortem (and the node-loss test) needs. ``report_every_s``: the throttle's
+    interval (``training.report_every_s``; 0: every epoch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, report_every_s: float = 0.0) -> None:
         self.last: dict[str, Any] = {}
         self.node_id = _node_id()
+        self.throttle = ReportThrottle(report_every_s)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         if self.node_id is not None:
             metrics = {**metrics, "node_id": self.node_id}
         self.last = metrics
+        sent = self.throttle.offer(metrics, must=state is not None)
+        if sent is None:
+            return
         if state is None:
-            tune.report(metrics)
+            tune.report(sent)
             return
         with tempfile.TemporaryDirectory(prefix="vptsearch-ckpt-") as tmp:
             torch.save(state, os.path.join(tmp, STATE_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(sent, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
@@ -73,7 +126,7 @@ def trainable(config: dict[str, Any], spec_json: str, backbone: SharedBackbone |
     worker builds the model from it once instead of reading the weights file (None: read the file).
     """
     spec = _spec(spec_json)
-    reporter = TuneReporter()
+    reporter = TuneReporter(spec.training.report_every_s)
     try:
         run_trial(
             config,

@@ -115,6 +115,14 @@ class TrainingConfig:
         "the last epoch",
         ge=0, note=" (epochs; 0: only at rungs and the end)",
     )
+    # Every result Tune receives is a round trip through the one driver: at GPU speed (0.2 s epochs,
+    # 16 trials at once) per-epoch results kept the trials waiting on it (benchmarks/bench_gpu_sim.py).
+    report_every_s: float = key(
+        5.0, "a trial sends Tune the results its scheduler needs (ASHA's rungs, checkpoints, the last "
+        "epoch) and between them at most one progress result per this many seconds; the epochs in "
+        "between travel with the next result, so MLflow still gets every epoch",
+        ge=0, note=" (seconds; 0: a result every epoch)",
+    )
 
 
 def _unique_seeds(seeds: tuple[int, ...]) -> str | None:
@@ -240,6 +248,18 @@ class SearchSpec:
     @property
     def export_dir(self) -> str:
         return self.export.dir or f"exports/{self.name}"
+
+    @property
+    def asha_rungs(self) -> frozenset[int]:
+        """The epochs where ASHA compares a trial with its rung (``grace_period * reduction_factor**k``
+        up to ``training.epochs``); none without ASHA."""
+        sch, rungs = self.scheduler, set()
+        if sch.type == "asha":
+            rung = sch.grace_period
+            while rung <= self.training.epochs:
+                rungs.add(rung)
+                rung *= sch.reduction_factor
+        return frozenset(rungs)
 
     def params_for(self, method: str) -> list[Param]:
         return [p for p in self.params.values() if method in PARAMS[p.name].methods]

@@ -4,8 +4,8 @@
 (start, actor reuse, stop) with the main thread's CPU clock, *exclusive* of nested handlers (a result
 that makes ASHA stop a trial is a result, its stop a trial event), and counts the calls. Tune's
 controller loop runs on the driver's main thread, so that thread's CPU time over the run is the
-driver's whole cost: results x per-result + trials x per-trial + snapshots + the loop's own
-polling (``other``).
+driver's whole cost: results x per-result + trials x per-trial + ``other`` (the experiment
+snapshots and the loop's own polling; the projection charges it to the results).
 
 :func:`projection` turns those costs, the trials' own per-epoch overhead and the simulated GPU
 epoch into the platform efficiency of one node with ``slots`` trials at once, each slot with a
@@ -85,15 +85,16 @@ def per_event(events: dict[str, Any], trials: int) -> dict[str, Any]:
     """Driver CPU ms per result and per trial from :func:`driver_events`' figures."""
     cpu, calls = events.get("cpu_s", {}), events.get("calls", {})
     results = calls.get("_on_training_result", 0)
-    known = sum(cpu.values())
-    other = max(0.0, events.get("main_thread_cpu_s", 0.0) - known)
+    # the loop's own polling and bookkeeping between handlers, and its experiment snapshots
+    handled = cpu.get("per_result", 0.0) + cpu.get("per_trial", 0.0)
+    other = max(0.0, events.get("main_thread_cpu_s", 0.0) - handled)
     return {
         "results": results,
         "results_per_trial": round(results / max(1, trials), 2),
         "ms_per_result": round(1e3 * cpu.get("per_result", 0.0) / max(1, results), 3),
         "ms_per_trial": round(1e3 * cpu.get("per_trial", 0.0) / max(1, trials), 3),
         "snapshot_cpu_s": round(cpu.get("snapshot", 0.0), 3),
-        # the loop's own polling and bookkeeping between handlers: charged to results in the projection
+        # polling, bookkeeping and snapshots, charged to results in the projection (the loop runs per event)
         "other_ms_per_result": round(1e3 * other / max(1, results), 3),
         "main_thread_cpu_s": round(events.get("main_thread_cpu_s", 0.0), 3),
     }

@@ -375,7 +375,7 @@ def _swapped_trainable(sim: dict[str, Any]) -> Any:
 
 
 def _trials_per_task(args: argparse.Namespace, mode: str) -> int:
-    return int(args.trials_per_task if mode == "new" else args.baseline_trials_per_task)
+    return int(args.baseline_trials_per_task if mode == "baseline" else args.trials_per_task)
 
 
 def _spec(args: argparse.Namespace, mode: str, root: Path, storage: str | None) -> Any:

@@ -46,14 +46,13 @@ def driver_events(out: dict[str, Any]) -> Iterator[None]:
         @functools.wraps(fn)
         def timed(*a: Any, **kw: Any) -> Any:
             calls[name] += 1
-            t, stack_len = time.thread_time(), len(stack)
+            t = time.thread_time()
             stack.append(0.0)
             try:
                 return fn(*a, **kw)
             finally:
                 spent = time.thread_time() - t
                 nested = stack.pop()
-                del stack[stack_len:]
                 cpu[bucket] += spent - nested
                 if stack:
                     stack[-1] += spent

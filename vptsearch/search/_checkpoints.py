@@ -15,7 +15,7 @@ A driver killed before its next snapshot leaves a snapshot naming a checkpoint a
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import tune
@@ -30,7 +30,6 @@ class CheckpointPruner(tune.Callback):
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # a thread pool does not pickle; a restored pruner starts its own
@@ -46,8 +45,7 @@ class CheckpointPruner(tune.Callback):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vptsearch-prune")
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(_delete, previous))
+        self._pool.submit(_delete, previous)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.close()
@@ -56,7 +54,7 @@ class CheckpointPruner(tune.Callback):
         """Wait for the deletes still running (a finished launch leaves one checkpoint per trial)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-            self._pool, self._pending = None, []
+            self._pool = None
 
 
 def _delete(checkpoint: tune.Checkpoint) -> None:

@@ -145,10 +145,9 @@ class Tracker:
         tags: dict[str, Any] | None = None,
     ) -> None:
         """One write of params (each set once: immutable in MLflow), metrics at ``step`` and tags."""
-        now, points = int(time.time() * 1000), None
+        points = None
         if metrics:  # given: written, even when every value is None (as the spool always had it)
-            values = {k: float(v) for k, v in metrics.items() if v is not None}
-            points = [_records.MetricPoint(k, v, now, int(step)) for k, v in values.items()]
+            points = _metric_points(metrics, int(time.time() * 1000), step)
         rec = _records.LogRecord(
             ref,
             params={k: str(v) for k, v in params.items()} if params else None,
@@ -163,10 +162,9 @@ class Tracker:
         now)`` per row (a trial's result and the epochs it held back before it)."""
         now = time.time()
         points = [
-            _records.MetricPoint(k, float(v), int((now if t is None else t) * 1000), int(step))
+            point
             for step, metrics, t in rows
-            for k, v in metrics.items()
-            if v is not None
+            for point in _metric_points(metrics, int((now if t is None else t) * 1000), step)
         ]
         if points:
             self._submit(_records.LogRecord(ref, metrics=points))
@@ -248,6 +246,15 @@ def task_outcome(task: str, res: dict[str, Any]) -> tuple[str, str]:
             f"val {_pct(probe['val_acc'])} %, test {_pct(probe['test_acc'])} %"
         )
     return " · ".join(parts), "\n\n".join(lines)
+
+
+def _metric_points(metrics: dict[str, Any], timestamp_ms: int, step: int) -> list[_records.MetricPoint]:
+    """The spool's points of one step: every value that is not None, as a float."""
+    return [
+        _records.MetricPoint(k, float(v), timestamp_ms, int(step))
+        for k, v in metrics.items()
+        if v is not None
+    ]
 
 
 def _logged(result: dict[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,9 @@ class CheckpointPruner(tune.Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: tune.Checkpoint,
-                      **info: Any) -> None:  # fmt: skip
+    def on_checkpoint(
+        self, iteration: int, trials: list, trial: Any, checkpoint: tune.Checkpoint, **info: Any
+    ) -> None:
         # Tune calls its callbacks before it registers the checkpoint: trial.checkpoint is the one before
         previous = trial.checkpoint
         if previous is None or previous.path == checkpoint.path:

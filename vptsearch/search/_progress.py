@@ -33,14 +33,23 @@ class ProgressCallback(tune.Callback):
         last = trial.last_result or {}
         status = trial_status(last, self.max_epochs, error)
         cfg = trial.config
-        what = ", ".join(f"{k.split('.')[-1]}={cfg[k]}" for k in ("method", "prompt.length", "prompt.init",
-                                                                  "optim.base_lr") if k in cfg)  # fmt: skip
-        score = (f"test {last['test_acc']:.3f}" if "test_acc" in last else
-                 f"val {last.get('val_acc', float('nan')):.3f}")  # fmt: skip
+        what = ", ".join(
+            f"{k.split('.')[-1]}={cfg[k]}"
+            for k in ("method", "prompt.length", "prompt.init", "optim.base_lr")
+            if k in cfg
+        )
+        score = (
+            f"test {last['test_acc']:.3f}"
+            if "test_acc" in last
+            else f"val {last.get('val_acc', float('nan')):.3f}"
+        )
         head = f"  [{self.phase} {self.done}/{self.total} {time.monotonic() - self.t0:5.0f}s]"
         why = f": {last['error']}" if last.get("error") else ""  # bad data/config: not retried
-        print(f"{head} {cfg.get('task')} seed {cfg.get('seed', 0)}: {status} after {last.get('epoch', 0)} "
-              f"epoch(s), {score} ({what}){why}", flush=True)  # fmt: skip
+        print(
+            f"{head} {cfg.get('task')} seed {cfg.get('seed', 0)}: {status} after {last.get('epoch', 0)} "
+            f"epoch(s), {score} ({what}){why}",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, error=False)

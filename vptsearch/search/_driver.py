@@ -26,6 +26,7 @@ from vptsearch.data import data_root, get_task, resolve_tasks
 from vptsearch.probe import launch_probes
 from vptsearch.search import _cluster, _metrics, _monitor, _preflight, _report
 from vptsearch.search._export import bundles_line, export_bundles
+from vptsearch.search._outcomes import log_bundles, log_task_outcomes
 from vptsearch.search._phases import LaunchInterrupted, TuneSetup, final_runs, run_tuner, trial_records
 from vptsearch.search._protocol import TaskSelection, TrialRecord, final_configs, select
 from vptsearch.search._results import FinalRun, LaunchResults, LaunchSummary, collect
@@ -40,10 +41,9 @@ from vptsearch.search._tracking import (
     TrackingCallback,
     artifact_location,
     check_tracking_uri,
-    task_outcome,
     tracking_uri_for,
 )
-from vptsearch.spec import PARAMS, SearchSpec
+from vptsearch.spec import SearchSpec
 from vptsearch.train import get_backbone
 
 log = logging.getLogger(__name__)
@@ -290,8 +290,8 @@ class Launch:
             _report.write_report(results.rows(), trials, self.report_dir)
             # adds each task's ensemble test accuracy to `results` and rewrites results.json
             bundles = export_bundles(self.run_dir, results=results, spec=self.spec, say=self.say)
-            self._log_bundles(results, bundles)
-            self._log_tasks(results)
+            log_bundles(self.tracker, self.parents, results, bundles)
+            log_task_outcomes(self.tracker, self.parents, results)
         except (LaunchInterrupted, KeyboardInterrupt):
             raise  # --resume continues: the runs stay open
         except Exception as exc:
@@ -343,56 +343,6 @@ class Launch:
         for ref in [*self.parents.values(), self.launch_run]:
             tracker.set_tags(ref, {PREFIX + "status": "failed", PREFIX + "error": error})
             tracker.end(ref, "FAILED")
-
-    def _log_bundles(self, results: LaunchResults, bundles: dict[str, Path]) -> None:
-        """Each exported task's bundle (and its ensemble accuracy) on its task run."""
-        for task, path in bundles.items():
-            ref, acc = self.parents[task], results.tasks[task].ensemble_test_acc
-            if acc is not None:
-                self.tracker.log_metrics(ref, {"ensemble_test_acc": acc})
-            self.tracker.log_artifact(ref, path, artifact_path="bundle")
-
-    def _log_tasks(self, results: LaunchResults) -> None:
-        """Each task run's outcome: name and note, the winner's settings, accuracies; then ended."""
-        tracker = self.tracker
-        for task, res in results.tasks.items():
-            ref, best = self.parents[task], res.best
-            # the runs list shows names: the task run's name and description carry its outcome
-            name, note = task_outcome(task, res.to_dict())
-            tracker.set_tags(ref, {"mlflow.runName": name, "mlflow.note.content": note})
-            if best is None:
-                tracker.set_tags(ref, {PREFIX + "status": "no completed trial"})
-                tracker.end(ref, "FAILED")
-                continue
-            cfg = best.config
-            summary = {
-                "best.method": cfg.get("method"),
-                "best.prompt_length": cfg.get("prompt.length", "-"),
-                "best.init": cfg.get("prompt.init", "-"),
-                "best.depth": cfg.get("prompt.depth", "-"),
-                "best.base_lr": cfg.get("optim.base_lr"),
-                "best.weight_decay": cfg.get("optim.weight_decay"),
-                "best.head_init": cfg.get("head.init", PARAMS["head.init"].default),
-                "best.head_lr_scale": cfg.get("optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default),
-                "best.trial_id": best.trial_id,
-            }
-            tracker.log_params_once(ref, summary)
-            tracker.set_tags(ref, {**summary, PREFIX + "status": "completed"})
-            metrics = {
-                "best_val_acc": best.val_acc,
-                "tuned_percent": best.tuned_percent,
-                **{f"trials_{k}": v for k, v in res.counts.items()},
-                **{f"best_val_acc.{k}": v.val_acc for k, v in res.per_init.items()},
-            }
-            if res.test_accs:
-                metrics.update(test_mean=res.test_mean, test_std=res.test_std)
-            if res.probe:
-                metrics.update(probe_val_acc=res.probe["val_acc"], probe_test_acc=res.probe["test_acc"])
-                gap = res.gap_to_probe()
-                if gap is not None:
-                    metrics["gap_to_probe"] = gap
-            tracker.log_metrics(ref, metrics)
-            tracker.end(ref)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -85,17 +85,31 @@ def _stdout_closed() -> int:
     return 1
 
 
+def _flushed(code: int) -> int:
+    """``code``, once what is buffered for stdout is written; a reader that went away
+    (``vptsearch --help | head -1``) is no error message at exit, the status stays ``code``."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help (0) or a usage error (2): argparse printed it and exits
+        _flushed(0)  # here, not at the interpreter's exit, where a closed pipe is a notice
+        raise
     if args.version:
         from vptsearch import __version__
 
         print(__version__)
-        return 0
+        return _flushed(0)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return _flushed(2)
     try:
         with _library_output():
             code = int(args.func(args) or 0)

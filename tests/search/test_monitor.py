@@ -285,3 +285,32 @@ def test_a_stale_state_file_does_not_block_a_new_monitor(fake_prometheus, bystan
     assert rec["pid"] != bystander.pid
     assert main(["monitor", "--stop"]) == 0
     assert bystander.poll() is None
+
+
+def test_a_launchs_own_ray_takes_its_scrape_targets_along_when_it_stops() -> None:
+    """``Launch.run`` stops the Ray it started with ``_monitor.shutdown_ray``: the discovery link its
+    dashboard wrote in Ray's temp dir goes too (Prometheus drops the targets of a file that is
+    gone), and nothing writes it again afterwards."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short: Ray's socket paths stay under 108 bytes
+    link = Path(temp) / "prom_metrics_service_discovery.json"
+    try:
+        ray.init(num_cpus=1, include_dashboard=True, _temp_dir=temp, log_to_driver=False)
+        deadline = time.monotonic() + 60
+        while not link.is_symlink() and time.monotonic() < deadline:  # the dashboard writes it
+            time.sleep(0.2)
+        assert link.is_symlink(), "the dashboard wrote no discovery link"
+        session = Path(ray._private.worker._global_node.get_session_dir_path())
+        assert _monitor.shutdown_ray() is True and not ray.is_initialized()
+        assert not link.exists() and not link.is_symlink()
+        time.sleep(6)  # longer than the dashboard's rewrite period: it has exited, the link stays gone
+        assert not link.is_symlink() and (session / link.name).is_file()  # Ray's own file is left
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -22,6 +22,7 @@ evaluation in :mod:`._bundle_predict`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -65,9 +66,14 @@ def _write_bytes(path: Path, data: bytes) -> None:
     """Write-then-rename (a reader never sees half a file) through open(), so the file gets the
     umask's mode like bundle.json; safetensors' own save_file creates 0600 files."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written temp file left in the bundle
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def write_meta(out_dir: str | Path, meta: Mapping[str, Any]) -> Path:

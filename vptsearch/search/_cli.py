@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from vptsearch._errors import ConfigError
+from vptsearch.search import _runlock
 from vptsearch.search._doctor_cli import add_command as add_doctor
 from vptsearch.search._monitor import add_command as add_monitor
-from vptsearch.search._report import probe_gap_warning
+from vptsearch.search._report import probe_gap_warning, running_line
 from vptsearch.search._rundir import RESULTS_FILE, latest_run_dir
 from vptsearch.search._ui_cli import add_command as add_ui
 from vptsearch.spec import load_spec
@@ -77,24 +79,34 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--run-dir", help="a launch folder (runs/<name>/<stamp>)")
 
 
-def _run_dir(args: argparse.Namespace) -> Path:
+def _run_dir(args: argparse.Namespace, then: str) -> Path:
+    """The launch folder asked for; a launch still running there is refused in one line that
+    says how far it is and ``then`` (when what was asked for will be there)."""
     if args.run_dir:
         run_dir = Path(args.run_dir)
     else:
-        found = latest_run_dir(load_spec(args.space))
+        found = latest_run_dir(load_spec(args.space), running=True)
         if found is None:
             raise ConfigError(
                 f"no launch of {args.space!r} found; run `vptsearch launch --space {args.space}`"
             )
         run_dir = found
+    _not_running(run_dir, then)
     if not (run_dir / RESULTS_FILE).is_file():
         raise ConfigError(f"{str(run_dir)!r} has no {RESULTS_FILE}: the launch did not finish (try --resume)")
     return run_dir
 
 
+def _not_running(run_dir: Path, then: str) -> None:
+    info = _runlock.holder(run_dir)
+    if info is not None:
+        raise _runlock.LaunchRunning(running_line(run_dir, info, then))
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     # import cost (Ray, torch); called on the module, where the tests replace launch
     from vptsearch.search import _driver
+    from vptsearch.search._tune_state import DiskFull
 
     spec = load_spec(args.space, overrides=args.set, smoke=args.smoke)
     try:
@@ -102,7 +114,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                  resume=args.resume, dashboard=not args.no_dashboard,
                                  storage=args.storage)  # fmt: skip
     except _driver.LaunchInterrupted as exc:
-        exc.space = args.space  # the resume hint names the file this launch was given
+        # the resume hint names the file and the --set this launch was given (a resume compares them)
+        exc.space = " ".join([args.space, *(f"--set {shlex.quote(s)}" for s in args.set)])
+        if isinstance(exc, DiskFull):  # a failed write: an error (1), resumable once space is freed
+            print(f"vptsearch: error: {exc}", file=sys.stderr)
+            return 1
         print(f"vptsearch: interrupted: {exc}", file=sys.stderr)
         return 130  # like a plain Ctrl-C: not bad input (2), not an incomplete result (1)
     problems = summary.problems()
@@ -117,6 +133,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from vptsearch.search._tracking import sync  # import cost: Ray Tune, MLflow
 
+    # the running launch's own writer syncs its spool; a second writer of the same spool and
+    # positions file could create a run twice or lose a position
+    _not_running(Path(args.run_dir), "run `vptsearch sync` once it has ended")
     c = sync(args.run_dir, args.tracking_uri)
     print(
         f"synced {c.get('records', 0)} MLflow write(s) to {c['uri']}: "
@@ -132,7 +151,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console  # import cost: only the report draws tables
     from rich.table import Table
 
-    run_dir = _run_dir(args)
+    run_dir = _run_dir(args, "its table is there once it ends (results.json and report/ are written then)")
     res = json.loads((run_dir / RESULTS_FILE).read_text())
     table = Table(title=f"vptsearch launch {res['launch_id']}")
     for col in ("task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "ensemble test",
@@ -178,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vptsearch.search._export import export_bundles  # import cost: torch
     from vptsearch.search._results import LaunchResults  # import cost: Ray, Optuna (via _protocol)
 
-    run_dir = _run_dir(args)
+    run_dir = _run_dir(args, "export its bundles once it has ended (a launch exports its own at its end)")
     results = LaunchResults.load(run_dir)
     bundles = export_bundles(run_dir, args.out, results=results)  # its progress lines: logging
     for task, path in bundles.items():

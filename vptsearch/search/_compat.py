@@ -200,6 +200,86 @@ def cached_trainable_lookups() -> Iterator[None]:
 
 
 
+# --- Ray Tune 2.60: the driver's staging folder of an experiment ------------------------------------
+def tune_staging_dir(trial: Any) -> str | None:
+    """The folder where Tune writes a phase's experiment state before it copies it into the storage.
+
+    Why: the launch keeps the last whole copy of that state (:mod:`vptsearch.search._tune_state`),
+    and Tune writes it in place, without a temp file; the staging copy is complete once Tune calls
+    its callbacks' ``get_state``. Tune passes trials to callbacks but names the folder only on
+    their storage context. Ray 2.60: ``Trial.storage`` (a ``ray.train._internal.storage.
+    StorageContext``), ``.experiment_driver_staging_path``.
+    """
+    storage = getattr(trial, "storage", None)
+    path = getattr(storage, "experiment_driver_staging_path", None)
+    return str(path) if path else None
+
+
+# --- Ray 2.60: a local Ray on loopback only; the session a local Ray runs -----------------------------
+@contextlib.contextmanager
+def loopback_node_ip() -> Iterator[None]:
+    """While a local Ray starts: its node IP may be 127.0.0.1, so Ray binds every server to loopback.
+
+    Why: Ray 2.60 binds gcs, raylet, the agents and the workers to loopback only when the node IP is
+    127.0.0.1, and ``ray.init(_node_ip_address="127.0.0.1")`` alone turns that into the machine's
+    routable IP (``services.resolve_ip_for_localhost``) unless ``ray._private.ray_constants.
+    ENABLE_RAY_CLUSTER`` is off (Ray's Windows/macOS default; its variable
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is read once, when Ray is imported). Restored afterwards:
+    a later ``ray start`` or join from this process is Ray's own again.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def own_session() -> tuple[str, str] | None:
+    """``(session dir, temp dir)`` of the local Ray this process started; None for a joined one.
+
+    Why: the launch removes the Prometheus discovery link its Ray's dashboard wrote, which lives in
+    the temp dir that Ray was started with and names its session's file; Ray has no public call for
+    either. Ray 2.60: ``ray._private.worker._global_node`` (``.head``, ``.get_session_dir_path()``,
+    ``.get_temp_dir_path()``).
+    """
+    import ray._private.worker as worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None or not getattr(node, "head", False):
+        return None
+    return str(node.get_session_dir_path()), str(node.get_temp_dir_path())
+
+
+# --- Ray Tune 2.60: how Tune sorts a trial's failed actor task ---------------------------------------
+@contextlib.contextmanager
+def actor_task_errors(convert: Callable[[Exception], Exception]) -> Iterator[None]:
+    """While a Tuner runs: the exception of a trial's failed actor task goes through ``convert``
+    before Tune sorts it.
+
+    Why: Tune 2.60 handles a ``RayActorError`` (the actor died: retried per ``FailureConfig``) or a
+    ``RayTaskError`` (the trial raised) there and raises ``RuntimeError("Caught unexpected exception:
+    ...")`` out of ``Tuner.fit`` for anything else, e.g. the ``OutOfMemoryError`` of a worker Ray's
+    memory monitor killed (see :mod:`vptsearch.search._trial_failures`). Ray 2.60:
+    ``ray.air.execution._internal.actor_manager.RayActorManager._actor_task_failed(
+    tracked_actor_task, exception)``.
+    """
+    from ray.air.execution._internal.actor_manager import RayActorManager
+
+    original = RayActorManager._actor_task_failed
+
+    def task_failed(self: Any, tracked_actor_task: Any, exception: Exception) -> Any:
+        return original(self, tracked_actor_task=tracked_actor_task, exception=convert(exception))
+
+    RayActorManager._actor_task_failed = task_failed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayActorManager._actor_task_failed = original  # type: ignore[method-assign]
+
+
 # --- the list the test checks ----------------------------------------------------------------------
 def missing_internals() -> list[str]:
     """The internals above that the installed Ray/Optuna lack (empty when all are there)."""
@@ -210,6 +290,9 @@ def missing_internals() -> list[str]:
     import ray._private.worker as ray_worker
     from optuna.samplers._tpe import sampler as tpe_module
     from optuna.storages.journal import JournalFileBackend
+    from ray._private.node import Node
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.train._internal.storage import StorageContext
 
     with tempfile.TemporaryDirectory() as d:
         journal = JournalStorage(JournalFileBackend(os.path.join(d, "probe.journal")))
@@ -226,6 +309,11 @@ def missing_internals() -> list[str]:
             ("ray._private.worker", ray_worker, "_global_node"),
             ("ray.tune.registry", registry, "_global_registry.get"),
             ("ray._private.ray_constants", ray_constants, "PROMETHEUS_SERVICE_DISCOVERY_FILE"),
+            ("ray._private.ray_constants", ray_constants, "ENABLE_RAY_CLUSTER"),
+            ("ray._private.node.Node", Node, "get_session_dir_path"),
+            ("ray._private.node.Node", Node, "get_temp_dir_path"),
+            ("ray.air.execution._internal.actor_manager", RayActorManager, "_actor_task_failed"),
+            ("ray.train._internal.storage.StorageContext", StorageContext, "experiment_driver_staging_path"),
         ]
         return [f"{owner}.{path}" for owner, obj, path in probes if not _has(obj, path)]
 

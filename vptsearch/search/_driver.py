@@ -24,12 +24,13 @@ from ray.tune.schedulers import FIFOScheduler
 from vptsearch._errors import VptsearchError
 from vptsearch.data import data_root, get_task, resolve_tasks
 from vptsearch.probe import launch_probes
-from vptsearch.search import _cluster, _metrics, _monitor, _preflight, _report
+from vptsearch.search import _cluster, _metrics, _monitor, _preflight, _report, _runlock, _tune_state
 from vptsearch.search._export import bundles_line, export_bundles
 from vptsearch.search._outcomes import log_bundles, log_task_outcomes
 from vptsearch.search._phases import LaunchInterrupted, TuneSetup, final_runs, run_tuner, trial_records
 from vptsearch.search._protocol import TaskSelection, TrialRecord, final_configs, select
 from vptsearch.search._results import FinalRun, LaunchResults, LaunchSummary, collect
+from vptsearch.search._resume_check import resume_spec
 from vptsearch.search._rundir import RESULTS_FILE, SPEC_FILE, prepare_run_dir, remove_empty
 from vptsearch.search._scheduler import build_scheduler
 from vptsearch.search._searcher import MultiTaskSearcher, build_searcher
@@ -43,6 +44,7 @@ from vptsearch.search._tracking import (
     check_tracking_uri,
     tracking_uri_for,
 )
+from vptsearch.search._trial_failures import end_stopped_runs
 from vptsearch.spec import SearchSpec
 from vptsearch.train import get_backbone
 
@@ -73,7 +75,8 @@ def launch(
     """
     run = Launch.checked(spec, resume=resume, tracking_uri=tracking_uri, address=address, storage=storage,
                          say=say or log.info)  # fmt: skip
-    return run.run(address, dashboard)
+    with _tune_state.disk_full_is_one_line(run.run_dir):  # a full disk: one line, resumable
+        return run.run(address, dashboard)
 
 
 @dataclass(eq=False)
@@ -119,8 +122,11 @@ class Launch:
         started = time.perf_counter()
         # The launch folder is claimed first (atomically, see allocate_run_dir): its name is the
         # launch id every later step uses. A launch that fails its checks removes it again (empty).
-        run_dir, spec, created = prepare_run_dir(spec, resume)
+        given = spec
+        run_dir, spec, created = prepare_run_dir(spec, resume)  # and its lock: one launch per run dir
         try:
+            if resume:  # the saved spec and tracking URI; a change is refused unless it is safe
+                spec, tracking_uri = resume_spec(given, spec, run_dir, tracking_uri, storage, say)
             spec = dataclasses.replace(spec, data_root=str(data_root(spec.data_root)))
             suite = spec.suite if isinstance(spec.suite, str) else list(spec.suite)
             tasks = resolve_tasks(suite, spec.data_root)
@@ -136,6 +142,7 @@ class Launch:
             if spec.storage.path:
                 check_storage(store)
         except BaseException:
+            _runlock.release(run_dir)
             remove_empty(created)
             raise
         return cls(spec, tasks, run_dir, store, uri, resume, say, created, started)
@@ -151,12 +158,14 @@ class Launch:
                 summary = self._run_phases()
                 summary.unsynced = self._close_tracker()
                 return summary
-            except BaseException:
+            except BaseException as exc:
+                end_stopped_runs(self, exc)  # stopped for memory: the runs end KILLED
                 self._close_tracker(drain_s=10.0)
                 raise
         finally:
             if started_here:  # a cluster we started is ours to stop; a connected one is left alone
-                ray.shutdown()
+                _monitor.shutdown_ray()  # and a local Ray's scrape targets go with it
+            _runlock.release(self.run_dir)
 
     def _join_cluster(self, address: str | None, dashboard: bool) -> None:
         """Start or join Ray, then the checks that need the cluster (before any MLflow run or trial)."""
@@ -192,6 +201,9 @@ class Launch:
         tracker.log_artifact(self.launch_run, self.run_dir / SPEC_FILE)
         self.groups = {t: get_task(t, spec.data_root).group for t in self.tasks}
         self.parents = {t: tracker.task_run(t, group) for t, group in self.groups.items()}
+        if self.resume:  # a launch stopped for memory tagged its runs stopped, with the cause
+            for ref in [self.launch_run, *self.parents.values()]:
+                tracker.set_tags(ref, {PREFIX + "status": "resumed", PREFIX + "error": ""})
 
     def _close_tracker(self, drain_s: float = 120.0) -> int:
         """Let the MLflow writer catch up, then say how to sync what the store did not take."""
@@ -232,6 +244,7 @@ class Launch:
                 run_dir=self.run_dir,
             ),
             ProgressCallback(n_trials, epochs, phase),
+            *_tune_state.state_guard(self.store, phase, self.resume),  # Tune state's last good copy
         ]
 
     def search(self) -> list[TrialRecord]:
@@ -295,6 +308,7 @@ class Launch:
         except (LaunchInterrupted, KeyboardInterrupt):
             raise  # --resume continues: the runs stay open
         except Exception as exc:
+            _tune_state.raise_if_disk_full(exc)  # resumable: the runs stay open
             self._fail(exc, results, selection, finals, trials)
             if isinstance(exc, (VptsearchError, OSError)):
                 raise LaunchFailed(

@@ -264,6 +264,19 @@ def forget_targets(session_dir: str | Path, temp_dir: str | Path | None = None) 
     return True
 
 
+def shutdown_ray() -> bool:
+    """``ray.shutdown()``; when this process had started that Ray (a launch's local one), its scrape
+    targets go with it (:func:`forget_targets`). A joined cluster's targets are the cluster's.
+    True if targets were removed."""
+    import ray
+
+    from vptsearch.search._compat import own_session  # Ray internals live there
+
+    own = own_session() if ray.is_initialized() else None
+    ray.shutdown()  # waits for the dashboard, which would write the link again, to exit
+    return own is not None and forget_targets(*own)
+
+
 # --- Grafana --------------------------------------------------------------------------------------
 def write_ray_dashboards(out_dir: Path) -> list[Path]:
     """Ray's generated Grafana dashboards (as its dashboard writes them into the session dir)."""

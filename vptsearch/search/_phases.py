@@ -18,7 +18,7 @@ from ray import tune
 from safetensors.torch import save_file
 
 from vptsearch._errors import VptsearchError
-from vptsearch.search import _bundle, _trainable
+from vptsearch.search import _bundle, _trainable, _trial_failures
 from vptsearch.search._checkpoints import CheckpointPruner
 from vptsearch.search._compat import cached_trainable_lookups
 from vptsearch.search._protocol import TrialRecord
@@ -32,17 +32,22 @@ from vptsearch.spec import SearchSpec
 class LaunchInterrupted(VptsearchError):
     """The driver stopped before every trial finished; ``--resume`` continues it.
 
-    ``space``: the search space file to name in the resume hint (the CLI sets the one it was given).
+    ``space``: the search space file to name in the resume hint (the CLI sets the one it was given);
+    ``cause``: why it stopped when it was not Ctrl-C (trials killed for memory, see
+    :mod:`vptsearch.search._trial_failures`), said before the resume hint.
     """
 
-    def __init__(self, phase: str, finished: int, total: int, space: str | None = None) -> None:
-        self.phase, self.finished, self.total, self.space = phase, finished, total, space
-        super().__init__(phase, finished, total, space)
+    def __init__(
+        self, phase: str, finished: int, total: int, space: str | None = None, cause: str | None = None
+    ) -> None:
+        self.phase, self.finished, self.total, self.space, self.cause = phase, finished, total, space, cause
+        super().__init__(phase, finished, total, space, cause)
 
     def __str__(self) -> str:
+        why, then = (f": {self.cause}", "then ") if self.cause else ("", "")
         return (
-            f"the {self.phase} phase stopped with {self.finished}/{self.total} trials finished; "
-            f"continue with `vptsearch launch --space {self.space or 'SPACE.yaml'} --resume`"
+            f"the {self.phase} phase stopped with {self.finished}/{self.total} trials finished{why}; "
+            f"{then}continue with `vptsearch launch --space {self.space or 'SPACE.yaml'} --resume`"
         )
 
 
@@ -98,17 +103,43 @@ def run_tuner(
                 storage_filesystem=store.fs,
                 callbacks=[*callbacks, _trainable.NoTensorBoard(), *pruner],
                 verbose=0,  # ProgressCallback prints one line per finished trial
-                failure_config=tune.FailureConfig(max_failures=2),
+                # a lost worker or node, or a worker Ray's memory monitor killed (_trial_failures)
+                failure_config=tune.FailureConfig(max_failures=setup.spec.training.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=setup.tune_num_to_keep),
             ),
         )
     pending = setup.max_pending_trials or trial_slots(setup.spec)
-    with _quiet_tune_restore_hint(), cached_trainable_lookups(), _max_pending_trials(pending):
-        results = tuner.fit()
-    finished = finished_trials(results, setup.spec.training.epochs)
+    epochs = setup.spec.training.epochs
+    with (
+        _quiet_tune_restore_hint(), cached_trainable_lookups(), _max_pending_trials(pending),
+        _trial_failures.memory_kills_retried(),
+    ):  # fmt: skip
+        try:
+            results = tuner.fit()
+        except Exception as exc:  # a memory kill Tune could not retry: one line, not its traceback
+            cause = _trial_failures.crash_cause(exc)
+            if cause is None:
+                raise
+            _trial_failures.end_open_trial_runs(callbacks)
+            raise LaunchInterrupted(name, _ended_on_disk(path, trainable, store, epochs), num_samples,
+                                    cause=cause) from None  # fmt: skip
+    finished = finished_trials(results, epochs)
+    killed = _trial_failures.memory_stop(results, setup.spec.training.max_failures)
+    if killed is not None:  # retries spent: --resume restores them (resume_errored) once memory allows
+        raise LaunchInterrupted(name, finished - killed[0], num_samples, cause=killed[1])
     if finished < num_samples:
         raise LaunchInterrupted(name, finished, num_samples)
     return results
+
+
+def _ended_on_disk(path: str, trainable: Any, store: Storage, max_epochs: int) -> int:
+    """The trials of the experiment at ``path`` that really ended, as its saved state has them
+    (after ``Tuner.fit`` raised, the Tuner has no results to ask)."""
+    try:
+        results = tune.Tuner.restore(path, trainable=trainable, storage_filesystem=store.fs).get_results()
+    except Exception:  # no state saved yet
+        return 0
+    return finished_trials(results, max_epochs)
 
 
 def finished_trials(results: Any, max_epochs: int) -> int:

@@ -8,10 +8,12 @@ spends a minute retrying an address or every trial fails on the same missing sha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import ray
 
@@ -20,7 +22,7 @@ from vptsearch._net import unreachable
 from vptsearch.data import build_mini, get_task, read_manifest, verify_tasks
 from vptsearch.data._tasks import hint_for
 from vptsearch.search._exports import check_export_dir
-from vptsearch.search._storage import is_uri
+from vptsearch.search._storage import Storage, check_storage, filesystem, is_uri
 from vptsearch.spec import SearchSpec
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,32 @@ def verify_data(spec: SearchSpec, tasks: list[str], say: Say | None = None) -> N
 
 def check_export(spec: SearchSpec) -> None:
     """``export.dir`` must be a writable folder (or a creatable one) before any trial runs: a file
-    or read-only folder there used to fail only after the whole search and final phase."""
-    if not is_uri(str(spec.export_dir)):  # s3:// etc.: written through pyarrow at export time
-        check_export_dir(spec.export_dir, create=False)
+    or read-only folder there used to fail only after the whole search and final phase.
+
+    Local: a probe file is created and removed in the folder, or in its nearest existing parent
+    (permission bits do not tell: root passes them on ``/proc`` or a read-only mount). Object
+    storage: its endpoint and bucket are checked as for Tune's storage (``check_storage``).
+    """
+    dest = str(spec.export_dir)
+    if is_uri(dest):
+        fs, path = filesystem(dest)
+        try:
+            check_storage(Storage(dest, path, fs, shared=True))
+        except ConfigError as exc:
+            raise ConfigError(f"export.dir: {exc}") from None
+        return
+    target = check_export_dir(dest, create=False)
+    while not target.exists():
+        target = target.parent
+    probe = target / f".vptsearch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"export dir {dest!r}: {str(target)!r} cannot be written ({exc.strerror}); accepted: a "
+            "writable folder (created if missing) or s3://BUCKET/PREFIX"
+        ) from None
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -101,20 +126,29 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 
 def start_ray(address: str | None, dashboard: bool) -> str | None:
     """Join ``address`` (else ``$RAY_ADDRESS``, else a local Ray of our own); the dashboard URL."""
+    from vptsearch.search._compat import loopback_node_ip  # Ray internals live there
+
     # Without an address, ray.init() would join whatever cluster `ray start` left on this machine
     # (it reads /tmp/ray/ray_current_cluster); the docs promise a local Ray of our own unless the
     # user asks for one with --address or $RAY_ADDRESS.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    # A Ray of our own listens on 127.0.0.1 only (gcs, raylet, agents, workers, metrics export):
+    # nothing else joins it, and on all interfaces anyone on the network could submit work to it.
+    # A joined cluster keeps its own settings.
+    local = address == "local"
+    node: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if local else {}
     try:
-        ctx = ray.init(
-            address=address,
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            logging_level=logging.WARNING,
-            configure_logging=True,
-            ignore_reinit_error=True,
-            log_to_driver=False,  # workers only log checkpoint chatter; errors come back through Tune
-        )
+        with loopback_node_ip() if local else contextlib.nullcontext():
+            ctx = ray.init(
+                address=address,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                logging_level=logging.WARNING,
+                configure_logging=True,
+                ignore_reinit_error=True,
+                log_to_driver=False,  # workers only log checkpoint chatter; errors come back through Tune
+                **node,
+            )
     except ConnectionError as exc:
         raise ConfigError(f"--address {address!r}: {str(exc).splitlines()[0]}") from None
     url = getattr(ctx, "dashboard_url", None)

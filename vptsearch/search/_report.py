@@ -218,3 +218,44 @@ def write_report(rows: list[dict[str, Any]], trials: list[dict[str, Any]], out_d
     paths = list(write_summary(rows, out_dir).values()) + write_plots(trials, out_dir)
     write_trials(trials, out_dir / "trials.parquet")
     return [*paths, out_dir / "trials.parquet"]
+
+
+def running_line(run_dir: Path, holder: dict[str, Any], then: str) -> str:
+    """One line for a command asked about a launch that is still running (its lock is held): who
+    runs it, how far its search is (from the Optuna journal, the one record a running launch
+    keeps up to date on disk), and ``then``: when what was asked for will be there."""
+    from vptsearch.search._runlock import holder_text
+
+    return (
+        f"launch {run_dir.parent.name}/{run_dir.name} is still running ({holder_text(holder)}); "
+        f"{search_progress(run_dir)}; {then}"
+    )
+
+
+def search_progress(run_dir: Path) -> str:
+    """``search trials ended so far: mini/digits 3/4, ...`` (or that none has started yet)."""
+    journal = run_dir / "optuna.journal"
+    if not journal.is_file():
+        return "no search trial has ended yet"
+    import optuna  # import cost: only a report on a running launch reads its journal
+    import yaml
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        saved = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+        search = saved.get("search") or {}
+        budget = search.get("trials_per_task") if search.get("algorithm") != "grid" else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        budget = None
+    try:
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        ended = {}
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            ended[summary.study_name] = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    except Exception:  # being written right now: the counts are a courtesy, the line still stands
+        return "its search trials cannot be counted right now"
+    if not ended:
+        return "no search trial has ended yet"
+    of = f"/{budget}" if budget else ""
+    return "search trials ended so far: " + ", ".join(f"{task} {n}{of}" for task, n in ended.items())

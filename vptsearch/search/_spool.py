@@ -15,6 +15,8 @@ ignored and cut off on the next open.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import threading
@@ -82,13 +84,21 @@ class Positions:
     def get(self, uri: str) -> int:
         return self.read().get(uri, 0)
 
-    def set(self, uri: str, offset: int) -> None:
+    def set(self, uri: str, offset: int) -> bool:
+        """Record ``offset``; False when the file could not be written (a full disk): the old
+        offsets stay, and a later sync replays a little more (replays are idempotent)."""
         with self._lock:
             pos = self.read()
             pos[uri] = offset
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(pos, indent=1))
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(pos, indent=1))
+                os.replace(tmp, self.path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                return False
+            return True
 
 
 class Spool:
@@ -109,10 +119,21 @@ class Spool:
         self.positions = Positions(Path(run_dir) / POS_FILE)
 
     def append(self, obj: dict[str, Any]) -> int:
-        """Write one record's JSON object as a line; returns its end offset."""
+        """Write one record's JSON object as a line; returns its end offset.
+
+        A write that fails (a full disk) is cut off again, so the file still ends on a whole
+        line and the next append after space is freed starts clean; the OSError names the file.
+        """
         line = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
-            self._fh.write(line)
+            try:
+                written = self._fh.write(line)
+                if written != len(line):  # a short write: the disk filled up in the middle
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fh.fileno(), self.end)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
             self.end += len(line)
             return self.end
 
@@ -122,7 +143,8 @@ class Spool:
                 os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self.sync()
+        with contextlib.suppress(OSError):  # a full disk: what the OS has is kept all the same
+            self.sync()
         with self._lock:
             self._fh.close()
 
@@ -205,9 +227,9 @@ class Writer(threading.Thread):
                 if not self._queue:
                     return
                 batch = self._queue[:2000]
-            self.spool.sync()  # durable before it can count as synced
             live = all(item[2] for item in batch)
             try:
+                self.spool.sync()  # durable before it can count as synced (a full disk: retried)
                 self.applier.apply([rec for _, rec, _ in batch], trust_new=live)
             except Exception as exc:  # the store is down or refused: keep everything, retry later
                 self.applier.forget()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -39,11 +40,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
     uri = resolve_tracking_uri(uri)
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme == "sqlite":
-        parent = Path(uri[len("sqlite:///") :]).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ConfigError(
-                f"tracking URI {uri!r}: directory {str(parent)!r} does not exist or is not writable"
-            )
+        check_sqlite_store(uri)
     elif scheme == "file":
         path = Path(urllib.parse.urlparse(uri).path)
         if not (path if path.exists() else path.parent).is_dir():
@@ -63,6 +60,54 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
             "http(s)://HOST:PORT, file:///DIR or a folder path"
         )
     return uri
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MIN_FREE = 1 << 20  # a store's folder with less free space than this fails its first transactions
+
+
+def check_sqlite_store(uri: str) -> None:
+    """A ``sqlite:///FILE`` store must be a SQLite database (or absent/empty: MLflow creates it),
+    writable, in a folder where SQLite can create its journal files, on a disk with space left.
+
+    Each is tried, not inferred from permission bits (root passes ``os.access`` on a read-only
+    file; a read-only mount or a full disk shows only when written): the file is opened for
+    writing and a probe file is created and removed in its folder. Else MLflow fails later, with
+    dozens of tracebacks ending in "attempt to write a readonly database" or an autoflush hint.
+    """
+    path = Path(uri[len("sqlite:///") :])
+    parent = path.parent
+    accepted = "accepted: sqlite:///FILE with FILE a SQLite database (or new) in a writable folder"
+    if not parent.is_dir():
+        raise ConfigError(f"tracking URI {uri!r}: directory {str(parent)!r} does not exist; {accepted}")
+    if path.exists():
+        if not path.is_file():
+            raise ConfigError(f"tracking URI {uri!r}: {str(path)!r} is not a file; {accepted}")
+        try:
+            with open(path, "r+b") as f:  # opened for writing: a read-only file or mount fails here
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise ConfigError(
+                f"tracking URI {uri!r}: {str(path)!r} cannot be written ({exc.strerror}); {accepted}"
+            ) from None
+        if head and head != SQLITE_HEADER:
+            raise ConfigError(f"tracking URI {uri!r}: {str(path)!r} is not a SQLite database; {accepted}")
+    probe = parent / f".vptsearch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+        free = shutil.disk_usage(parent).free
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise ConfigError(
+            f"tracking URI {uri!r}: directory {str(parent)!r} is not writable ({exc.strerror}); {accepted}"
+        ) from None
+    if free < MIN_FREE:
+        raise ConfigError(
+            f"tracking URI {uri!r}: no space left on device in {str(parent)!r} ({free} bytes free); "
+            f"free space or pass --tracking-uri on another disk"
+        )
 
 
 def client(uri: str) -> Any:

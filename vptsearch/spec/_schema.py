@@ -123,6 +123,11 @@ class TrainingConfig:
         "between travel with the next result, so MLflow still gets every epoch",
         ge=0, note=" (seconds; 0: a result every epoch)",
     )
+    max_failures: int = key(
+        2, "times Tune retries a trial whose worker died (killed by Ray's memory monitor, or its node "
+        "lost), each time from its last checkpoint; bad data or config is never retried",
+        ge=0, note=" (0: a trial's first such failure ends it)",
+    )
 
 
 def _unique_seeds(seeds: tuple[int, ...]) -> str | None:

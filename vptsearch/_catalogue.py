@@ -16,6 +16,6 @@ INITS = ("random", "spt-mean", "spt-max", "spt-sample", "spt-kmeans", "cls-proto
 DEPTHS = ("shallow", "deep")
 DEEP_IMPLS = ("tokens", "prefix_kv")
 DROPOUT_MASKS = ("sample", "batch")
-HEAD_NORMS = ("none", "batchnorm")
+HEAD_NORMS = ("none", "batchnorm", "standardize")
 # vptsearch._head_init.HEAD_INITS: how a trial's linear head starts
 HEAD_INITS = ("probe", "random", "zero")

@@ -400,10 +400,43 @@ def test_head_norm_statistics_average_the_first_batches_exactly_then_follow_mome
     torch.testing.assert_close(resumed.head_norm.running_mean, model.head_norm.running_mean)
 
 
+def test_standardize_head_trains_on_the_running_statistics_with_batchnorms_updates(cls_vit, images):
+    """``head.norm: standardize``: the same statistics and state as ``batchnorm`` (one update rule,
+    same keys, same eval output), but training divides by the running statistics, so an image's
+    head input does not depend on the rest of its batch beyond that update."""
+    std = build_model(cls_vit, 3, "linear", head_norm="standardize").train()
+    bn = build_model(cls_vit, 3, "linear", head_norm="batchnorm").train()
+    bn.load_trained_state_dict(std.trained_state_dict())
+    assert std.num_trainable_params() == bn.num_trainable_params()
+    batches = [images(cls_vit, 8) for _ in range(12)]
+    with torch.no_grad():
+        for x in batches:
+            out = std(x)
+            bn(x)
+            norm = std.head_norm
+            z = (std.forward_features(x) - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+            torch.testing.assert_close(out, std.head(z), atol=1e-5, rtol=1e-4)  # after this batch's update
+    for key, value in bn.trained_state_dict().items():  # exact averaging, then momentum 0.1, alike
+        torch.testing.assert_close(std.trained_state_dict()[key], value, msg=key)
+    x = batches[0]
+    with torch.no_grad():
+        torch.testing.assert_close(std.eval()(x), bn.eval()(x))
+        # train mode, statistics frozen at this point: the first image's logits with or without
+        # the rest of the batch (batchnorm's depend on its batch mates)
+        frozen = {k: v.clone() for k, v in std.trained_state_dict().items()}
+        alone = std.train()(torch.cat([x[:1], x[:1]]))[0]
+        std.load_trained_state_dict(frozen)
+        mixed = std.train()(x)[0]
+    torch.testing.assert_close(alone, mixed, atol=2e-2, rtol=2e-2)  # only the 0.1-weight update differs
+    gradient_model = build_model(cls_vit, 3, "linear", head_norm="standardize").train()
+    gradient_model(batches[0]).sum().backward()  # the statistics are buffers: no gradient needed
+    assert gradient_model.head.weight.grad is not None
+
+
 def test_head_norm_state_must_be_complete_and_kind_known(cls_vit):
     plain = build_model(cls_vit, 3, "linear").trained_state_dict()
     missing = r"missing \['head_norm.num_batches_tracked', 'head_norm.running_mean'"
     with pytest.raises(ConfigError, match=missing):
         build_model(cls_vit, 3, "linear", head_norm="batchnorm").load_trained_state_dict(plain)
-    with pytest.raises(ConfigError, match="unknown head norm 'layernorm'; accepted: none, batchnorm"):
+    with pytest.raises(ConfigError, match="unknown head norm 'layernorm'; accepted: none, batchnorm, standardize"):
         build_model(cls_vit, 3, "linear", head_norm="layernorm")

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray.tune.schedulers import FIFOScheduler
 
+from vptsearch._atomic import write_atomic
 from vptsearch._errors import VptsearchError
 from vptsearch.data import data_root, get_task, resolve_tasks
 from vptsearch.probe import launch_probes
@@ -186,10 +187,9 @@ class Launch:
         # server going away mid-run never stops a trial; `vptsearch sync` replays what it missed.
         tracker = Tracker(self.uri, spec.experiment, art_loc, self.launch_id, run_dir=run_dir)
         spec.dump(run_dir / SPEC_FILE)
-        (run_dir / "tracking.json").write_text(json.dumps(
-            {"uri": self.uri, "experiment": spec.experiment, "launch_id": self.launch_id,
-             "artifact_location": art_loc}
-        ))  # fmt: skip
+        record: dict[str, str | None] = {"uri": self.uri, "experiment": spec.experiment}
+        record.update(launch_id=self.launch_id, artifact_location=art_loc)
+        write_atomic(run_dir / "tracking.json", json.dumps(record))  # a resume reads it back
         return tracker
 
     def _start_runs(self) -> None:

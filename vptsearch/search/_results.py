@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vptsearch._atomic import write_atomic
 from vptsearch.search._protocol import TaskSelection, TrialRecord, mean_std
 from vptsearch.search._rundir import RESULTS_FILE
 
@@ -187,9 +188,8 @@ class LaunchResults:
 
     def save(self, run_dir: Path) -> Path:
         """Write ``<run_dir>/results.json`` (the same bytes the driver always wrote)."""
-        path = Path(run_dir) / RESULTS_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        # whole or not at all: report, export and resume read it back
+        return write_atomic(Path(run_dir) / RESULTS_FILE, json.dumps(self.to_dict(), indent=2, default=str))
 
     @classmethod
     def load(cls, run_dir: Path) -> LaunchResults:

@@ -36,6 +36,7 @@ from typing import Any
 
 from ray import tune
 
+from vptsearch._atomic import write_atomic
 from vptsearch._errors import ConfigError
 from vptsearch.search._compat import tune_staging_dir
 from vptsearch.search._phases import LaunchInterrupted
@@ -108,24 +109,6 @@ def disk_full_is_one_line(run_dir: Path) -> Iterator[None]:
             raise
         found.resumable = (Path(run_dir) / "spec.yaml").is_file()
         raise found from None
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``path`` whole or not at all (temp file + fsync + rename); a failed write leaves the old
-    file and no temp file, and raises the OSError naming ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    return path
 
 
 # --- what parses ---------------------------------------------------------------------------------

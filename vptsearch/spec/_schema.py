@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from vptsearch._atomic import write_atomic
 from vptsearch._catalogue import DROPOUT_MASKS, METHODS
 from vptsearch.spec._fields import about, key, unsafe_name
 from vptsearch.spec._messages import err, expect
@@ -286,5 +287,5 @@ class SearchSpec:
     def dump(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
+        # whole or not at all: a resume reads it back (a full disk once left it truncated)
+        return write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -88,7 +88,9 @@ PARAMS: dict[str, ParamDef] = {
     "partial.k": ParamDef(int, ("partial",), 1, "last blocks that train (with the final norm)"),
     "head.norm": ParamDef(str, METHODS, "none", "`batchnorm`: a BatchNorm1d without affine in front of "
                           "the linear head (the MAE linear-probe protocol); its running statistics are "
-                          "trained state, in checkpoints and bundles (docs/models.md)", choices=HEAD_NORMS),
+                          "trained state, in checkpoints and bundles (docs/models.md); `standardize`: the "
+                          "same layer, but training also divides by the running statistics instead of the "
+                          "batch's (docs/search.md, \"The head: init and lr\")", choices=HEAD_NORMS),
     "head.init": ParamDef(str, METHODS, "probe", "how the head starts: `probe` fits it before the first "
                           "step (the probe's standardised logistic regression on the features of the "
                           "initialised model; LP-FT), `random` timm's nn.Linear draw, `zero` all zeros",

@@ -438,5 +438,6 @@ def test_head_norm_state_must_be_complete_and_kind_known(cls_vit):
     missing = r"missing \['head_norm.num_batches_tracked', 'head_norm.running_mean'"
     with pytest.raises(ConfigError, match=missing):
         build_model(cls_vit, 3, "linear", head_norm="batchnorm").load_trained_state_dict(plain)
-    with pytest.raises(ConfigError, match="unknown head norm 'layernorm'; accepted: none, batchnorm, standardize"):
+    accepted = "accepted: none, batchnorm, standardize"
+    with pytest.raises(ConfigError, match=f"unknown head norm 'layernorm'; {accepted}"):
         build_model(cls_vit, 3, "linear", head_norm="layernorm")

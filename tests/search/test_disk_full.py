@@ -189,7 +189,7 @@ def test_launch_on_a_full_disk_ends_in_one_line(base_raw: dict, tmp_path: Path, 
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 1 and err == [
         f"vptsearch: error: no space left on device writing {spool}; free space and continue "
-        f"with `vptsearch launch --space {space} --resume`"
+        f"with `vptsearch launch --space {space} --no-dashboard --resume`"
     ]
 
 

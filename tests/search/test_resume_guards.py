@@ -312,3 +312,27 @@ def test_a_resume_while_the_launch_runs_is_refused_and_the_budget_holds(base_raw
     trials = load_studies(run_dir / "optuna.journal")[TASK].trials
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials)  # the budget, once
     assert _runlock.holder(run_dir) is None
+
+
+def test_the_resume_hint_repeats_every_option_that_shaped_the_spec(
+    base_raw: dict, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """A resume compares its spec with the saved one: a hint without ``--smoke`` (or the storage it
+    ran on) would be refused as a changed spec, or restore from the wrong place."""
+    from vptsearch.search import _driver
+
+    def interrupted(*args, **kwargs):
+        raise _driver.LaunchInterrupted("search", 1, 4)
+
+    monkeypatch.setattr(_driver, "launch", interrupted)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**base_raw, "suite": [TASK]}))
+    store = tmp_path / "st"
+    argv = ["launch", "--space", str(space), "--smoke", "--set", f"suite=[{TASK}]", "--storage", str(store)]
+    capfd.readouterr()
+    assert main(argv) == 130
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        "vptsearch: interrupted: the search phase stopped with 1/4 trials finished; continue with "
+        f"`vptsearch launch --space {space} --set 'suite=[{TASK}]' --smoke --storage {store} --resume`"
+    ]

@@ -8,6 +8,7 @@ inputs give byte-identical shards (rebuilding is idempotent).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tarfile
@@ -26,7 +27,7 @@ from vptsearch._hashing import sha256_file
 from vptsearch.data._codec import encode_png, normalise_encoded, safe_key
 from vptsearch.data._lookup import get_task
 from vptsearch.data._manifest import MANIFEST, ShardInfo, write_manifest
-from vptsearch.data._tasks import TaskInfo, data_root
+from vptsearch.data._tasks import ENV_ROOT, TaskInfo, data_root
 
 SHARD_PATTERN = "{split}-%06d.tar"
 DEFAULT_MAXCOUNT = 500  # samples per shard: several shards per split so 2 workers can share a split
@@ -130,9 +131,12 @@ def write_task(
         )
     check_class_names(list(class_names), f"task {info.name!r}")
     dest = base / info.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:  # a read-only HOME (the default root is under it), a file in the way
+        raise unwritable_root(base, exc) from None
     try:
         shards: list[ShardInfo] = []
         sizes: set[tuple[int, int]] = set()
@@ -145,10 +149,24 @@ def write_task(
         if not overwrite and (dest / MANIFEST).exists():  # built meanwhile by another process
             raise already_built(info.name, dest)
         _swap_into_place(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:  # the old build, if any, is intact
+            raise unwritable_root(base, exc) from None
         raise
     return dest
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def unwritable_root(base: Path, exc: OSError) -> DataError:
+    """The one line for a data root that cannot be written (the default one lives under HOME)."""
+    full = "free space there or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return DataError(
+        f"cannot write shards under data root {base} ({exc.strerror}: {exc.filename}); {full}point "
+        f"${ENV_ROOT} (or the spec's data_root, or --root) at a writable folder"
+    )
 
 
 def already_built(name: str, dest: Path) -> DataError:

@@ -28,8 +28,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="run a search space: search, select, retrain with final seeds, export")
     p.add_argument("--space", required=True, help="search space YAML (see search_spaces/)")
     p.add_argument("--address", help="Ray cluster address (HOST:PORT, ray://HOST:PORT, auto); default: local")
-    p.add_argument("--tracking-uri",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the space's tracking.uri)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the space's tracking.uri)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the latest launch of this space")
     p.add_argument("--storage", metavar="URI",
                    help="Tune experiment storage: local/NFS path or s3://BUCKET/PREFIX "
@@ -56,8 +58,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "exports/<space>/latest/<suite>__<task>")  # fmt: skip
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=1, help="print the K most probable classes per image")
-    p.add_argument("--seed", type=int,
-                   help="use this final seed's prompts only (default: the ensemble of the bundle's seeds)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="use this final seed's prompts only (default: the ensemble of the bundle's seeds)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--no-verify", action="store_true", help="skip the backbone sha256 check")
     p.set_defaults(func=cmd_predict)
@@ -103,6 +108,16 @@ def _not_running(run_dir: Path, then: str) -> None:
         raise _runlock.LaunchRunning(running_line(run_dir, info, then))
 
 
+def _resume_args(args: argparse.Namespace) -> str:
+    """What follows ``--space`` in the resume hint: the file and every option that shaped the spec
+    or where it runs (``--smoke`` shrinks the spec a resume compares; the tracking URI is saved)."""
+    given = [args.space, *(f"--set {shlex.quote(s)}" for s in args.set)]
+    given += ["--smoke"] if args.smoke else []
+    where = (("address", args.address), ("storage", args.storage))
+    given += [f"--{k} {shlex.quote(v)}" for k, v in where if v]
+    return " ".join(given + (["--no-dashboard"] if args.no_dashboard else []))
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     # import cost (Ray, torch); called on the module, where the tests replace launch
     from vptsearch.search import _driver
@@ -115,7 +130,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                  storage=args.storage)  # fmt: skip
     except _driver.LaunchInterrupted as exc:
         # the resume hint names the file and the --set this launch was given (a resume compares them)
-        exc.space = " ".join([args.space, *(f"--set {shlex.quote(s)}" for s in args.set)])
+        exc.space = _resume_args(args)
         if isinstance(exc, DiskFull):  # a failed write: an error (1), resumable once space is freed
             print(f"vptsearch: error: {exc}", file=sys.stderr)
             return 1
@@ -227,5 +242,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for name, prob in p["top"]:
                 print(f"{p['image']}\t{name}\t{prob:.4f}")
     return 2 if failed else 0
-
-

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -124,6 +125,33 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         )
 
 
+def check_ray_home() -> None:
+    """A local Ray with token auth (Ray's default) writes its token to ``~/.ray/auth_token`` when
+    none exists: with HOME read-only (or not a folder) ``ray.init`` would fail half-way through
+    starting its processes. Checked (a probe file in ``~/.ray``) only when Ray will write there:
+    auth not disabled, no token in ``$RAY_AUTH_TOKEN``/``$RAY_AUTH_TOKEN_PATH``, none on disk yet.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    home = Path.home()
+    folder = home / ".ray"
+    if (folder / "auth_token").is_file():
+        return
+    probe = folder / f".vptsearch-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"HOME ({home}): {folder} cannot be written ({exc.strerror}), and a local Ray keeps its "
+            "auth token there; make HOME writable, point HOME at a writable folder, or give Ray a "
+            "token with $RAY_AUTH_TOKEN_PATH (a file) or $RAY_AUTH_TOKEN"
+        ) from None
+
+
 def start_ray(address: str | None, dashboard: bool) -> str | None:
     """Join ``address`` (else ``$RAY_ADDRESS``, else a local Ray of our own); the dashboard URL."""
     from vptsearch.search._compat import loopback_node_ip  # Ray internals live there
@@ -136,6 +164,8 @@ def start_ray(address: str | None, dashboard: bool) -> str | None:
     # nothing else joins it, and on all interfaces anyone on the network could submit work to it.
     # A joined cluster keeps its own settings.
     local = address == "local"
+    if local:
+        check_ray_home()
     node: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if local else {}
     try:
         with loopback_node_ip() if local else contextlib.nullcontext():

@@ -87,7 +87,9 @@ def disk_full(exc: BaseException | None) -> DiskFull | None:
         if isinstance(exc, OSError) and exc.errno in FULL:
             return DiskFull(exc.errno, str(exc.filename or "the launch's files"))
         cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError
-        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+        # `raise ... from None` replaced its context (a preflight's own one-line error): not a full disk
+        context = None if exc.__suppress_context__ else exc.__context__
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or context)
     return None
 
 

@@ -19,7 +19,7 @@ import torch
 
 from vptsearch._errors import ConfigError
 from vptsearch._registry import Registry
-from vptsearch.models.kmeans import kmeans
+from vptsearch.models._kmeans import kmeans
 from vptsearch.models.tuned import TunedModel
 
 # fn(model, images, labels, seed, batch_size) -> tensor shaped like model.prompt_tokens

@@ -65,6 +65,4 @@ def prompt_nmi(model: TunedModel, images: torch.Tensor, batch_size: int = 64) ->
     finally:
         model.train(was_training)
     layers = model.prompt_tokens.shape[0]
-    return [
-        nmi(model.prompt_tokens[i], torch.cat([batch[i] for batch in per_layer])) for i in range(layers)
-    ]
+    return [nmi(model.prompt_tokens[i], torch.cat([batch[i] for batch in per_layer])) for i in range(layers)]

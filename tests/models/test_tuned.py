@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vptsearch._errors import ConfigError
 from vptsearch.models import METHODS, build_model
+from vptsearch.models.tuned import HeadBatchNorm
 
 METHOD_OPTIONS = [
     ("vpt", {"prompt_length": 3, "depth": "shallow"}),
@@ -91,8 +92,17 @@ def test_backbone_stays_in_eval_mode_under_train(vit_factory, images):
 
     torch.manual_seed(0)
     noisy = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
-        embed_dim=32, depth=2, num_heads=2, drop_rate=0.5, proj_drop_rate=0.5, attn_drop_rate=0.5,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        drop_rate=0.5,
+        proj_drop_rate=0.5,
+        attn_drop_rate=0.5,
         drop_path_rate=0.5,
     )
     model = build_model(noisy, 4, prompt_length=2, depth="deep", prompt_dropout=0.0)
@@ -109,9 +119,7 @@ def test_deep_prompts_replace_previous_prompt_outputs(vit, images):
     npf, p = model.num_prefix_tokens, 4
     seen: list[torch.Tensor] = []
     # norm1 sees each block's full input on every path (the last block may skip other sub-modules).
-    hooks = [
-        b.norm1.register_forward_pre_hook(lambda m, a: seen.append(a[0])) for b in model.backbone.blocks
-    ]
+    hooks = [b.norm1.register_forward_pre_hook(lambda m, a: seen.append(a[0])) for b in model.backbone.blocks]
     x = images(vit, 2)
     model(x)
     for h in hooks:
@@ -431,6 +439,26 @@ def test_standardize_head_trains_on_the_running_statistics_with_batchnorms_updat
     gradient_model = build_model(cls_vit, 3, "linear", head_norm="standardize").train()
     gradient_model(batches[0]).sum().backward()  # the statistics are buffers: no gradient needed
     assert gradient_model.head.weight.grad is not None
+
+
+def test_standardize_gradient_cannot_shift_or_scale_the_batch_like_batchnorms():
+    """Batch Renormalization: the value of the running-statistics standardisation, the gradient of
+    batch normalisation, which is orthogonal to shifting or scaling a feature over the batch. With
+    the running statistics as plain constants the prompts could grow the head's input along its
+    weights (every VPT trial on the supervised backbone diverged in its first epoch)."""
+    torch.manual_seed(0)
+    layer = HeadBatchNorm(6, batch_statistics=False)
+    layer.set_statistics(torch.randn(6), torch.rand(6) + 0.5)
+    layer.train()
+    x = (torch.randn(16, 6) * 3 + 1).requires_grad_()
+    y = layer(x)
+    expected = (x - layer.running_mean) / torch.sqrt(layer.running_var + layer.eps)  # after the update
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    (y * torch.randn(16, 6)).sum().backward()
+    assert x.grad is not None
+    centred = (x - x.mean(0)).detach()
+    torch.testing.assert_close(x.grad.sum(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close((x.grad * centred).sum(0), torch.zeros(6), atol=1e-4, rtol=0)
 
 
 def test_head_norm_state_must_be_complete_and_kind_known(cls_vit):

@@ -38,6 +38,7 @@ DROPOUT_MASKS = ("sample", "batch")
 # (updated every step as the prompts move the features) instead of the batch's: each image gets the
 # exact standardisation the probe's fit assumes, with no batch-statistics noise in the head's input
 # (measured with a fitted head: batch statistics of 32 images cost crops/dsprites_loc 2-3 points).
+# Its gradient is batch normalisation's (Batch Renormalization), so prompts cannot inflate the input.
 HEAD_NORMS = ("none", "batchnorm", "standardize")
 
 
@@ -83,7 +84,7 @@ class HeadBatchNorm(nn.BatchNorm1d):
             self._seen += 1
             if not self.batch_statistics:
                 self._track(x.detach())
-                return self._standardize(x)
+                return self._renormalize(x)
         return super().forward(x)
 
     def _track(self, x: torch.Tensor) -> None:
@@ -95,10 +96,22 @@ class HeadBatchNorm(nn.BatchNorm1d):
         self.running_var.mul_(1 - m).add_(x.var(0, unbiased=True), alpha=m)
         self.num_batches_tracked.add_(1)
 
-    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """What eval mode computes: the running statistics as constants (no gradient through them)."""
+    def _renormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch Renormalization (Ioffe, NeurIPS 2017) without clipping: the value eval mode computes,
+        ``(x - running_mean) / running_std``, with the gradient of batch normalisation.
+
+        ``x_hat * r + d`` with ``x_hat`` the batch-normalised ``x`` and ``r``, ``d`` the batch's
+        statistics relative to the running ones, held constant. Dividing by the running statistics
+        as plain constants let the prompts grow the features along the head's weights faster than
+        the running variance followed: on the supervised backbone (CLS features) every trial
+        diverged in its first epoch; through the batch's statistics the gradient cannot scale them.
+        """
         assert self.running_mean is not None and self.running_var is not None
-        return (x - self.running_mean) / torch.sqrt(self.running_var + self.eps)
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        std, running_std = torch.sqrt(var + self.eps), torch.sqrt(self.running_var + self.eps)
+        r = (std / running_std).detach()
+        d = ((mean - self.running_mean) / running_std).detach()
+        return (x - mean) / std * r + d
 
     def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Running statistics known in advance (``head.init: probe``: the features' own): no exact

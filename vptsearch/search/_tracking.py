@@ -359,6 +359,15 @@ class TrackingCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
 
+    def end_open_runs(self) -> None:
+        """The runs of trials still running when ``Tuner.fit`` raised end KILLED, tagged stopped
+        (``--resume`` reopens and continues them); ended runs are left as they are."""
+        for trial_id, ref in self._runs.items():
+            if trial_id not in self._ended:
+                self.tracker.log(ref, tags={PREFIX + "status": "stopped"})
+                self.tracker.end(ref, "KILLED")
+                self._ended.add(trial_id)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Close the runs of trials that ended without this callback seeing it: a driver killed
         after Tune saved a trial as finished but before its end reached the spool."""

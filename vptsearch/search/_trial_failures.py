@@ -120,14 +120,9 @@ def end_open_trial_runs(callbacks: Iterable[Any]) -> None:
     (``--resume`` reopens and continues them). The launch's TrackingCallback knows them; Tune
     already ended the errored ones (``on_experiment_end``)."""
     for cb in callbacks:
-        runs, ended = getattr(cb, "_runs", None), getattr(cb, "_ended", None)
-        if not isinstance(runs, dict) or not isinstance(ended, set):
-            continue
-        for trial_id, ref in runs.items():
-            if trial_id not in ended:
-                cb.tracker.log(ref, tags={PREFIX + "status": "stopped"})
-                cb.tracker.end(ref, "KILLED")
-                ended.add(trial_id)
+        end = getattr(cb, "end_open_runs", None)  # TrackingCallback's (Tune's own callbacks have none)
+        if callable(end):
+            end()
 
 
 def end_stopped_runs(launch: Any, exc: BaseException) -> None:

@@ -120,6 +120,8 @@ def test_optuna_studies_hold_pruned_trials_at_their_fidelity(launched) -> None:
                 assert t.state == TrialState.COMPLETE and last_step == 3
             elif t.user_attrs["status"] == "duplicate":  # told its known value, never trained again
                 assert t.state == TrialState.COMPLETE and not t.intermediate_values
+            elif t.user_attrs["status"] == "duplicate of a running trial":  # asked again at once
+                assert t.state == TrialState.FAIL and not t.intermediate_values
             else:
                 assert t.state == TrialState.PRUNED and t.user_attrs["status"] in ("pruned", "diverged")
                 pruned += t.user_attrs["status"] == "pruned"

@@ -251,7 +251,8 @@ def test_interrupted_launch_names_the_space_file_in_its_resume_hint(base_raw, tm
     assert main(["launch", "--no-dashboard", "--space", space]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("vptsearch: interrupted: ") and "\n" not in err
-    assert "3/8 trials finished" in err and f"--space {space} --resume" in err and "..." not in err
+    assert "3/8 trials finished" in err and f"--space {space} --no-dashboard --resume" in err
+    assert "..." not in err
 
 
 # --- Tune-level: a local Ray per test ---------------------------------------------------------------

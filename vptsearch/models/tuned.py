@@ -97,14 +97,11 @@ class HeadBatchNorm(nn.BatchNorm1d):
         self.num_batches_tracked.add_(1)
 
     def _renormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch Renormalization (Ioffe, NeurIPS 2017) without clipping: the value eval mode computes,
-        ``(x - running_mean) / running_std``, with the gradient of batch normalisation.
+        """Batch Renormalization (Ioffe 2017), unclipped: eval mode's value, batch norm's gradient.
 
-        ``x_hat * r + d`` with ``x_hat`` the batch-normalised ``x`` and ``r``, ``d`` the batch's
-        statistics relative to the running ones, held constant. Dividing by the running statistics
-        as plain constants let the prompts grow the features along the head's weights faster than
-        the running variance followed: on the supervised backbone (CLS features) every trial
-        diverged in its first epoch; through the batch's statistics the gradient cannot scale them.
+        ``x_hat * r + d``: the batch-normalised ``x``, with ``r``, ``d`` (the batch's statistics
+        relative to the running ones) held constant. With the running statistics as plain constants
+        the prompts grew the features along the head's weights (sup backbone: trials diverged).
         """
         assert self.running_mean is not None and self.running_var is not None
         mean, var = x.mean(0), x.var(0, unbiased=False)

@@ -29,8 +29,8 @@ from vptsearch.search._result_keys import METRIC, MODE, TIME_ATTR, trial_status
 from vptsearch.search._state import DriverStateMixin
 from vptsearch.search._tpe import WindowedTPESampler, _study_gamma
 from vptsearch.search._untried import ATTR as UNTRIED_ATTR
+from vptsearch.search._untried import completed_values, live_keys, pick_untried
 from vptsearch.search._untried import params_key as _params_key
-from vptsearch.search._untried import pick_untried
 from vptsearch.search._warm_start import ATTR as WARM_START_ATTR
 from vptsearch.search._warm_start import WarmStart
 from vptsearch.spec import SearchSpec, define_by_run, grid_configs
@@ -112,23 +112,31 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         On a discrete space TPE re-proposes configurations it has already seen (it models the good
         region, not the set of tried points); retraining one costs a whole trial for a value we
         know. Such a proposal is told to Optuna at once with the known value (so the model still
-        counts it) and the study is asked again. After ``MAX_DUPLICATE_ASKS`` duplicates in a row
-        the trial takes an untried point of a finite space instead (:mod:`._untried`); when every
-        point is completed or running, or the space is not finite, the last duplicate runs.
+        counts it) and the study is asked again; one that another trial is training now (random
+        startup draws do not see the constant liar) is told FAIL and the study is asked again.
+        After ``MAX_DUPLICATE_ASKS`` duplicates in a row the trial takes an untried point of a
+        finite space instead (:mod:`._untried`); when every point is completed or running, or the
+        space is not finite, the last duplicate runs.
         """
         with journal_batch(self._storage):
             return self._suggest_new(trial_id)
 
     def _suggest_new(self, trial_id: str) -> dict | None:
-        known = self._completed_values()
+        known = completed_values(self._ot_study)
+        running = live_keys(self._ot_trials, self._completed_trials, trial_id)
         for _ in range(MAX_DUPLICATE_ASKS):
             config = self._ask(trial_id)
             ot_trial = self._ot_trials[trial_id]
             key = _params_key(ot_trial.params)
-            if key not in known:
+            if key not in known and key not in running:
                 return config
-            ot_trial.set_user_attr("status", "duplicate")
-            self._ot_study.tell(ot_trial, known[key], state=TrialState.COMPLETE)
+            if key in known:
+                ot_trial.set_user_attr("status", "duplicate")
+                self._ot_study.tell(ot_trial, known[key], state=TrialState.COMPLETE)
+            else:  # the same point is training now (startup draws ignore the constant liar):
+                # FAIL, which TPE leaves out of its model, as the running trial's value is unknown
+                ot_trial.set_user_attr("status", "duplicate of a running trial")
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             del self._ot_trials[trial_id]
         points = getattr(self._space, "points", lambda: None)()
         untried = None if points is None else pick_untried(self._ot_study, points, self._seed)
@@ -143,13 +151,6 @@ class PruneAwareOptunaSearch(DriverStateMixin, Searcher):
         sampled = _SampledValues(self._ot_trials[trial_id])
         constants = self._space(sampled)
         return {**sampled.values, **(constants or {})}
-
-    def _completed_values(self) -> dict[tuple[Any, ...], float]:
-        return {
-            _params_key(t.params): float(t.value)
-            for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None
-        }
 
     def user_attr(self, trial_id: str, name: str) -> Any:
         """A user attribute of the Optuna trial behind ``trial_id`` (None when unset or unknown)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -24,6 +24,21 @@ ATTR = "vptsearch.proposed"  # Optuna user attribute of the trials chosen here: 
 def params_key(params: dict[str, Any]) -> tuple[Any, ...]:
     """A configuration's identity: its Optuna params, in name order."""
     return tuple(sorted(params.items()))
+
+
+def completed_values(study: optuna.Study) -> dict[tuple[Any, ...], float]:
+    """The value of every configuration ``study`` completed, by :func:`params_key`."""
+    return {
+        params_key(t.params): float(t.value)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    }
+
+
+def live_keys(trials: Mapping[str, optuna.Trial], done: set[str], excluding: str) -> set[tuple[Any, ...]]:
+    """The configurations of a searcher's trials still training (``trials`` minus ``done``),
+    other than ``excluding``'s."""
+    return {params_key(t.params) for tid, t in trials.items() if tid != excluding and tid not in done}
 
 
 def pick_untried(study: optuna.Study, points: Sequence[dict[str, Any]], seed: int) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -117,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
     except BrokenPipeError:
         return _stdout_closed()
+    except OSError as exc:  # a path from the input with a name longer than any folder's: bad input
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        name = str(exc.filename)
+        shown = f"{name[:120]!r}... ({len(name)} characters)" if len(name) > 120 else repr(name)
+        why = f"file name too long: {shown}; accepted: file and folder names of at most 255 bytes"
+        print(f"vptsearch: error: {why}", file=sys.stderr)
+        return 2
     except VptsearchError as exc:
         print(f"vptsearch: error: {exc}", file=sys.stderr)
         return 2

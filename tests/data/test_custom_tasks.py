@@ -12,37 +12,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vptsearch._errors import ConfigError, DataError
 from vptsearch.data import get_task, list_tasks, load_split, read_manifest, resolve_tasks
 
 from ._cli_run import one_line_error, run, tree_digest
+from ._folders import make_task_folder
 
-VTAB = {"train800": 9, "val200": 3, "test": 6}
 PLAIN = {"train": 9, "val": 3, "test": 6}
-
-
-def make_task_folder(base, counts=VTAB, k=3, size=8, trainval: str | None = "train800val200", seed=0):
-    """``base/images/<split>/<i>.png`` plus ``<split>.txt`` lists (label ``i % k``); returns the pixels."""
-    pixels, lists, n = {}, {}, seed * 1000
-    for split, count in counts.items():
-        lines = []
-        for _ in range(count):
-            rel = f"images/{split}/{n}.png"
-            (base / rel).parent.mkdir(parents=True, exist_ok=True)
-            img = np.random.default_rng(n).integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(img).save(base / rel)
-            pixels[rel] = img
-            lines.append(f"{rel} {n % k}")
-            n += 1
-        lists[split] = lines
-    if trainval:
-        first, second = list(counts)[:2]
-        lists[trainval] = lists[first] + lists[second]
-    for split, lines in lists.items():
-        (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return pixels, lists
 
 
 @pytest.fixture()

@@ -8,7 +8,9 @@ files and predict run exactly as after a real launch, in seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,46 @@ def png_header(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
     )
     return path
+
+
+def bundle_raw(backbone_file: Path, data_root: Path, tmp: Path) -> dict[str, Any]:
+    """A raw one-task spec on the session's tiny backbone and mini tasks, for :func:`make_launch`."""
+    from ..conftest import TINY_KWARGS
+
+    arch, kwargs = "vit_tiny_patch16_224", dict(TINY_KWARGS)
+    backbone = {"name": str(backbone_file), "architecture": arch, "model_kwargs": kwargs}
+    return {
+        "name": "smoke",
+        "suite": [TASK],
+        "data_root": str(data_root),
+        "run_dir": str(tmp / "runs"),
+        "backbone": backbone,
+        "method": "vpt",
+        "params": {"prompt.length": {"choice": [2]}},
+        "training": {"epochs": 3, "warmup_epochs": 1, "batch_size": 64},
+        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
+    }
+
+
+def rewrite_member(d: Path, file: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace a bundle's member file and record its new sha256, as an export would have."""
+    save_file(tensors, str(d / file))
+    record_sha256(d, file)
+
+
+def record_sha256(d: Path, file: str) -> None:
+    """Record the sha256 of a bundle's member file as it is now in its bundle.json."""
+    meta = json.loads((d / "bundle.json").read_text())
+    for m in meta["members"]:
+        if m["file"] == file:
+            m["sha256"] = hashlib.sha256((d / file).read_bytes()).hexdigest()
+    (d / "bundle.json").write_text(json.dumps(meta))
+
+
+def flip_byte(path: Path, tensor: str) -> None:
+    """Change one byte of ``tensor``'s data in a safetensors file (header: u64 length + JSON)."""
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    start = json.loads(data[8 : 8 + n])[tensor]["data_offsets"][0]
+    data[8 + n + start] ^= 0x01
+    path.write_bytes(bytes(data))

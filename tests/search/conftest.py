@@ -1,4 +1,5 @@
-"""Fixtures of the search tests: a tiny local ViT checkpoint and two built mini tasks (per session)."""
+"""Fixtures of the search tests: a valid raw spec on the session's tiny backbone and mini tasks
+(``tiny_backbone_file`` and ``mini_root``: tests/conftest.py, shared with tests/fuzz)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,7 @@ from pathlib import Path
 
 import pytest
 
-TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
-TASKS = ["mini/digits", "mini/textures"]
-
-
-@pytest.fixture(scope="session")
-def tiny_backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny timm ViT saved as safetensors: a real local backbone with a sha256, in ~1 s."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **TINY_KWARGS)
-    path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
-    save_file(model.state_dict(), str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def mini_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vptsearch.data import build_mini
-
-    root = tmp_path_factory.mktemp("shards")
-    assert build_mini(root, tasks=TASKS) == TASKS
-    return root
+from ..conftest import TASKS, TINY_KWARGS  # the search tests import them from here
 
 
 @pytest.fixture()

@@ -9,34 +9,23 @@ import json
 import os
 import shutil
 import stat
-import struct
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vptsearch._errors import ConfigError
 from vptsearch.cli import main
 from vptsearch.search import _bundle, _bundle_load
 from vptsearch.search._export import export_bundles
 
-from ._fake_launch import TASK, make_launch, png_header, save_png
+from ._fake_launch import TASK, bundle_raw, flip_byte, make_launch, png_header, rewrite_member, save_png
 
 
 @pytest.fixture(scope="module")
 def base(tiny_backbone_file, mini_root, tmp_path_factory):
-    from .conftest import TINY_KWARGS
-
-    tmp = tmp_path_factory.mktemp("bundle")
-    return {
-        "name": "smoke", "suite": [TASK], "data_root": str(mini_root), "run_dir": str(tmp / "runs"),
-        "backbone": {"name": str(tiny_backbone_file), "architecture": "vit_tiny_patch16_224",
-                     "model_kwargs": dict(TINY_KWARGS)},
-        "method": "vpt", "params": {"prompt.length": {"choice": [2]}},
-        "training": {"epochs": 3, "warmup_epochs": 1, "batch_size": 64},
-        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
-    }  # fmt: skip
+    return bundle_raw(tiny_backbone_file, mini_root, tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")
@@ -45,25 +34,6 @@ def two_seeds(base, tmp_path_factory):
     run_dir, models = make_launch(base, root, seeds=(0, 1))
     bundles = export_bundles(run_dir)
     return run_dir, models, bundles[TASK], root
-
-
-def _rewrite(d: Path, file: str, tensors: dict) -> None:
-    """Replace a member file and record its new sha256, as an export would have."""
-    save_file(tensors, str(d / file))
-    meta = json.loads((d / "bundle.json").read_text())
-    for m in meta["members"]:
-        if m["file"] == file:
-            m["sha256"] = hashlib.sha256((d / file).read_bytes()).hexdigest()
-    (d / "bundle.json").write_text(json.dumps(meta))
-
-
-def flip_byte(path: Path, tensor: str) -> None:
-    """Change one byte of ``tensor``'s data in a safetensors file (header: u64 length + JSON)."""
-    data = bytearray(path.read_bytes())
-    (n,) = struct.unpack("<Q", data[:8])
-    start = json.loads(data[8 : 8 + n])[tensor]["data_offsets"][0]
-    data[8 + n + start] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def _listing(d: Path) -> dict[str, bytes]:
@@ -140,7 +110,7 @@ def test_head_norm_statistics_travel_and_missing_ones_are_named(base, tmp_path, 
     with torch.no_grad():
         assert torch.equal(model(_x()), models[0](_x()))
 
-    _rewrite(d, "prompts.safetensors", {k: v for k, v in w.items() if not k.startswith("head_norm.")})
+    rewrite_member(d, "prompts.safetensors", {k: v for k, v in w.items() if not k.startswith("head_norm.")})
     img = save_png(tmp_path / "a.png")
     assert main(["predict", "--bundle", str(d), str(img)]) == 2
     err = capsys.readouterr().err.strip()
@@ -333,7 +303,7 @@ def test_non_finite_bundle_tensors_are_refused_at_load(value, two_seeds, tmp_pat
     shutil.copytree(good, d)
     w = load_file(str(d / "prompts.safetensors"))
     w["head.bias"][1] = value
-    _rewrite(d, "prompts.safetensors", w)  # recorded digest matches: the values themselves are refused
+    rewrite_member(d, "prompts.safetensors", w)  # recorded digest matches: the values themselves are refused
     before = _listing(d)
     img = save_png(tmp_path / "a.png")
     err = _refused_predict(d, img, capsys)
@@ -349,7 +319,7 @@ def test_non_finite_outputs_are_refused_at_predict(two_seeds, tmp_path, capsys) 
     for file in ("prompts.safetensors", "prompts-seed1.safetensors"):
         w = load_file(str(d / file))
         w["head.weight"] = torch.full_like(w["head.weight"], 3e38)  # finite, but the logits overflow
-        _rewrite(d, file, w)
+        rewrite_member(d, file, w)
     img = save_png(tmp_path / "a.png")
     err = _refused_predict(d, img, capsys)
     assert str(d) in err and str(img) in err and "non-finite outputs" in err and "accepted:" in err

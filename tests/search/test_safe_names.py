@@ -1,26 +1,21 @@
 """Names that become folders (the spec's ``name``, a task's bundle folder, a launch stamp) are one
 safe folder name each: ``../../x``, ``a/b``, ``..``, ``.x`` and the empty name are refused with one
-line naming the value and the rule, and nothing is created outside (or inside) ``runs/``/``exports/``."""
+line naming the value and the rule, and nothing is created outside (or inside) ``runs/``/``exports/``.
+``launch --set name=...`` and a spec file's name are in tests/fuzz/test_specs_and_stores.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import yaml
 
 from vptsearch._errors import ConfigError
-from vptsearch.cli import main
 from vptsearch.search._bundle_format import task_dirname
 from vptsearch.search._rundir import allocate_run_dir, launches_dir, prepare_run_dir
 from vptsearch.spec import spec_from_dict
 
 BAD = ["../../x", "a/b", "..", ".", ".hidden", "", "a\\b", "x\n", "a b", "/abs"]
 RULE = "accepted: one folder name of letters, digits, '.', '_' and '-', not starting with '.'"
-
-
-def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -38,26 +33,6 @@ def test_valid_names_map_to_the_same_folders_as_before(name, base_raw) -> None:
     spec = spec_from_dict({**base_raw, "name": name, "export": {}})
     assert launches_dir(spec) == Path(base_raw["run_dir"]).resolve() / name
     assert spec.export_dir == f"exports/{name}"
-
-
-@pytest.mark.parametrize("name", ["../../x", "a/b", ".."])
-def test_set_name_is_refused_before_anything_is_written(
-    name, base_raw, tmp_path, capsys, monkeypatch
-) -> None:
-    import ray
-
-    work = tmp_path / "work" / "deep"
-    work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-    space = work / "space.yaml"
-    space.write_text(yaml.safe_dump({**base_raw, "run_dir": "runs", "export": {}}))
-    before = _tree(tmp_path)
-    code = main(["launch", "--no-dashboard", "--space", str(space), "--set", f"name={name}"])
-    assert code == 2 and not ray.is_initialized()
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("vptsearch: error: name: ") and "\n" not in err
-    assert repr(name) in err and RULE in err
-    assert _tree(tmp_path) == before  # no runs/, exports/ or escaped folder anywhere
 
 
 def test_run_dirs_are_guarded_where_they_are_formed(base_raw, tmp_path) -> None:

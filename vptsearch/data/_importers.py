@@ -23,6 +23,7 @@ import numpy as np
 from vptsearch._errors import DataError, unknown
 from vptsearch._hashing import sha256_file
 from vptsearch.data._import_common import (
+    check_name,
     image_inside,
     image_sample,
     refuse_mini,
@@ -203,8 +204,16 @@ def _class_files(src: Path) -> tuple[list[str], list[tuple[str, Path]]]:
     files = [
         (c, p) for c in classes for p in sorted((src / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
     ]
+    seen: dict[Path, str] = {}
     for _, p in files:  # a symlink out of the folder would copy that file into the shards
-        image_inside(src, str(p.relative_to(src)), "in the image folder")
+        rel = str(p.relative_to(src))
+        real = image_inside(src, rel, "in the image folder")
+        if real in seen:  # a symlink to another image or class folder: one image, two samples
+            raise DataError(
+                f"image {rel!r} in {src} is the same file as {seen[real]!r} (through a symlink): it would "
+                "be two samples, maybe one in train and one in test; accepted: each image once"
+            )
+        seen[real] = rel
     if len(files) < 10:
         raise DataError(
             f"image folder {src} has {len(files)} images; at least 10 are needed for train/val/test"
@@ -253,6 +262,7 @@ def import_folder(
         raise DataError(f"image folder {src} does not exist")
     if "/" not in task:
         task = f"{CUSTOM_SUITE}/{task}"
+    check_name(task, src)  # `--task ../x` or `/tmp/x` would be written outside the data root
     refuse_rebuild(task, root, overwrite)
     classes, files = _class_files(src)
     info = _folder_task(task, src, len(classes))

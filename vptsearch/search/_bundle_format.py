@@ -18,6 +18,7 @@ import torch
 
 from vptsearch._errors import ConfigError
 from vptsearch._hashing import sha256_bytes
+from vptsearch.data._writer import check_class_names
 from vptsearch.spec._fields import unsafe_name
 
 BUNDLE_JSON, WEIGHTS = "bundle.json", "prompts.safetensors"
@@ -108,6 +109,8 @@ def _check_types(path: Path, meta: Mapping[str, Any]) -> None:
     names = meta.get("class_names")
     if names is not None and not (isinstance(names, list) and len(names) == n):
         raise ConfigError(f"{path}: class_names must be a list of num_classes ({n}) names")
+    if names is not None:  # a newline or tab in one would break predict's image<TAB>class<TAB>prob lines
+        check_class_names(names, str(path))
 
 
 def _members(path: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -67,6 +67,20 @@ def _check_keys(path: Path, model: Any, tensors: Mapping[str, torch.Tensor], met
     )
 
 
+def _check_image_size(d: Path, backbone: Any, meta: Mapping[str, Any]) -> None:
+    """A ViT of fixed input size takes only that size: another one in bundle.json was an assertion
+    deep in timm at the first image (or, for a huge one, an allocation of that many pixels)."""
+    embed: Any = getattr(backbone.model, "patch_embed", None)
+    if not getattr(embed, "strict_img_size", False):  # dynamic sizes (timm's dynamic_img_size)
+        return
+    size, takes = int(meta["image_size"]), int(embed.img_size[0])
+    if size != takes:
+        raise ConfigError(
+            f"{d / 'bundle.json'}: image_size is {size}, but backbone {meta['backbone']['name']!r} takes "
+            f"{takes} px images only; accepted: its own size (re-export with `{reexport_hint(meta)}`)"
+        )
+
+
 def load_bundle(
     bundle_dir: str | Path, *, verify: bool = True, seed: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
@@ -88,6 +102,7 @@ def load_bundle(
     # before the backbone (fail fast): each file's recorded sha256, and finite values only
     tensors = [read_member(m, meta) for m in members]
     backbone = load_backbone(b["name"], **_load_args(meta))
+    _check_image_size(d, backbone, meta)
     if verify:
         if b.get("sha256") is None:
             raise ConfigError(

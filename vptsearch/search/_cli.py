@@ -8,9 +8,11 @@ they use (Ray, torch and MLflow take seconds to import).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,12 +164,36 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _results_file(run_dir: Path) -> Iterator[None]:
+    """A results.json that is not the one a launch writes (truncated, edited, another file's) is
+    one line naming it, not a traceback from deep in the table or the export."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON and UTF-8 errors: ValueError
+        why = f"{type(exc).__name__}: {str(exc)[:100]}" if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{run_dir / RESULTS_FILE}: not the results.json a launch writes ({why}); accepted: the "
+            "file as the launch wrote it (run the launch again, or --resume it)"
+        ) from None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args, "its table is there once it ends (results.json and report/ are written then)")
+    with _results_file(run_dir):
+        console = _report(json.loads((run_dir / RESULTS_FILE).read_bytes()))
+    if args.trials:
+        import pandas as pd  # import cost: only --trials reads the parquet
+
+        console.print(pd.read_parquet(run_dir / "report" / "trials.parquet").to_string(index=False))
+    return 0
+
+
+def _report(res: dict[str, Any]) -> Any:
+    """Print the summary table of a launch's results; returns the console it printed to."""
     from rich.console import Console  # import cost: only the report draws tables
     from rich.table import Table
 
-    run_dir = _run_dir(args, "its table is there once it ends (results.json and report/ are written then)")
-    res = json.loads((run_dir / RESULTS_FILE).read_text())
     table = Table(title=f"vptsearch launch {res['launch_id']}")
     for col in ("task", "group", "method", "p", "init", "tuned %", "val", "test mean ± std", "ensemble test",
                 "probe val / test", "gap to probe", "c/p/d/f"):  # fmt: skip
@@ -201,11 +227,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for task, t in res["tasks"].items():
         inits = ", ".join(f"{k} {100 * v['val_acc']:.2f}" for k, v in t["per_init"].items())
         console.print(f"{task}: best val per init strategy: {inits or '-'}", soft_wrap=True)
-    if args.trials:
-        import pandas as pd  # import cost: only --trials reads the parquet
-
-        console.print(pd.read_parquet(run_dir / "report" / "trials.parquet").to_string(index=False))
-    return 0
+    return console
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -213,7 +235,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vptsearch.search._results import LaunchResults  # import cost: Ray, Optuna (via _protocol)
 
     run_dir = _run_dir(args, "export its bundles once it has ended (a launch exports its own at its end)")
-    results = LaunchResults.load(run_dir)
+    with _results_file(run_dir):
+        results = LaunchResults.load(run_dir)
     bundles = export_bundles(run_dir, args.out, results=results)  # its progress lines: logging
     for task, path in bundles.items():
         print(f"{task}\t{path}")

@@ -9,6 +9,7 @@ Nothing here imports Ray or torch: ``vptsearch report`` and ``export`` find thei
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def remove_empty(dirs: list[Path]) -> None:
         try:
             d.rmdir()  # only ever removes an empty folder: nothing computed is lost
         except OSError:
-            return
+            if os.path.lexists(d):  # there, and not empty: what is above it stays too
+                return
+            # never made (mkdir failed on it, or on a name too long): its parents may have been
 
 
 def prepare_run_dir(spec: SearchSpec, resume: bool) -> tuple[Path, SearchSpec, list[Path]]:

@@ -26,10 +26,15 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 SAFE_NAME_RULE = "one folder name of letters, digits, '.', '_' and '-', not starting with '.'"
 
 
+_NAME_MAX = 255  # bytes in one folder name (Linux, macOS): a longer one fails every stat and mkdir
+
+
 def unsafe_name(value: str) -> str | None:
     """What is wrong with ``value`` as one folder name (see ``_SAFE_NAME``), or None."""
     if isinstance(value, str) and _SAFE_NAME.fullmatch(value):
-        return None
+        if len(value) <= _NAME_MAX:  # the characters allowed are ASCII: one byte each
+            return None
+        return f"{value[:20]!r}... is {len(value)} characters long; accepted: at most {_NAME_MAX}"
     return f"{value!r} is not a safe folder name; accepted: {SAFE_NAME_RULE}"
 
 

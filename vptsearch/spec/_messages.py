@@ -43,4 +43,6 @@ def expect(path: str, v: Any, kind: str) -> Any:
     }[kind]
     if not ok:
         raise err(path, f"expected {TYPE_WORDS[kind]}, got {type_name(v)}")
+    if kind == "str" and "\x00" in v:  # every path holding one fails in os calls with a ValueError
+        raise err(path, f"{v!r} contains a NUL byte; accepted: text without NUL")
     return float(v) if kind == "float" else v

@@ -1,6 +1,6 @@
 """One entry point for the benchmarks: the fast ones by default, the search-efficiency one with --full.
 
-    python -m benchmarks                 # model step, data reader, platform overhead, SPT init: a few minutes
+    python -m benchmarks                 # model step, data reader, platform overhead, SPT init, import memory
     python -m benchmarks --full          # + search efficiency (trains the missing grid cells, then replays)
                                          #   + the simulated-GPU launch (old vs new engine, local and S3)
     python -m benchmarks --smoke         # every benchmark in its smoke mode (what the CI-style tests run)
@@ -33,6 +33,7 @@ FAST: dict[str, list[str]] = {
     "data_reader": ["--images", "2000", "--rounds", "3"],
     "platform_overhead": [],  # the issue's 1 000 no-op trials
     "spt_init": [],
+    "import_memory": [],  # 50 000 images imported twice (and 5 000): ~2 min
 }
 FULL: dict[str, list[str]] = {
     "gpu_sim": [],  # 16 slots, 19 tasks, old and new engine, local and S3: ~15-20 min on 2 cores
@@ -60,6 +61,9 @@ def _figure(name: str, r: dict[str, Any]) -> str:
     if name == "spt_init":
         worst = max(v["spt-kmeans"] for v in r["ratio_to_trial"].values() if "spt-kmeans" in v)
         return f"spt-kmeans <= {100 * worst:.2f} % of a {r['trial']['seconds']:.0f} s trial (target <= 5 %)"
+    if name == "import_memory":
+        target = f"target <= {r['target_mb']:.0f}"
+        return f"peak RSS {r['peak_rss_mb']} MB importing {r['images']} images ({target})"
     if name == "gpu_sim":
         eff = r["steady_efficiency"]
         return ", ".join(f"{k}={v}" for k, v in eff.items()) + " (targets: new local >= 0.90, s3 >= 0.80)"

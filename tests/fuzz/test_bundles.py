@@ -117,7 +117,18 @@ def remove(file: str, then_mkdir: bool = False) -> Setup:
     return setup
 
 
+def link_out(file: str, target: str) -> Setup:
+    """``file`` replaced by a symlink to ``target`` (absolute, or relative to the test's folder)."""
+
+    def setup(folder: Path) -> None:
+        (folder / D / file).unlink()
+        (folder / D / file).symlink_to(target if target.startswith("/") else folder / target)
+
+    return setup
+
+
 J = r"bundle/bundle\.json: "  # errors that name bundle.json
+LINK_OUT = r"bundle/{}: a link to .*, outside the bundle folder; accepted: the member's own file"
 LIST_OF_MEMBERS = J + r"members must be a non-empty list of \{seed: int, file: NAME\.safetensors"
 NAN, INF = float("nan"), float("inf")
 
@@ -152,6 +163,8 @@ CORPUS = [
     bad(
         "no-bundle-json", remove("bundle.json"), r"'bundle' is not a vptsearch bundle: expected bundle\.json"
     ),
+    bad("weights-a-link-to-etc-passwd", link_out(W, "/etc/passwd"), LINK_OUT.format(W_)),
+    bad("member-a-link-beside-the-bundle", link_out(M, "a.png"), LINK_OUT.format(M_)),
     # bundle.json
     bad("malformed-json", write("bundle.json", b'{"task": '), J + "malformed JSON"),
     bad("latin-1-json", write("bundle.json", b'{"task": "caf\xe9"}'), J + "not UTF-8 text"),

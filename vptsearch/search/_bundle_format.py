@@ -183,8 +183,14 @@ def _check_digest(path: str | Path, data: bytes, sha256: str, meta: Mapping[str,
 def read_member(member: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of one member of a bundle read by :func:`read_meta`: its file's sha256 checked
     when bundle.json records one (bundles written before it was recorded have none and still load:
-    compatibility), and every tensor finite (a NaN or inf would make predict print ``nan``)."""
+    compatibility), every tensor finite (a NaN or inf would make predict print ``nan``), and nothing
+    read through a link out of the bundle folder."""
     path = Path(meta["_dir"]) / member["file"]
+    if not path.resolve().is_relative_to(Path(meta["_dir"]).resolve()):  # a symlink out of the bundle
+        raise ConfigError(
+            f"{path}: a link to {path.resolve()}, outside the bundle folder; accepted: the member's own "
+            f"file in the bundle (re-export with `{reexport_hint(meta)}`)"
+        )
     tensors = read_tensors(path, meta, sha256=member.get("sha256"))
     check_finite(path, tensors, meta)
     return tensors

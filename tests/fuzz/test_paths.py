@@ -41,6 +41,10 @@ def link_to(name: str, target: str) -> Setup:
 PETS = pets(lambda p: None)
 
 
+def _bom(path: Path) -> None:
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+
+
 CORPUS = [
     # (S1) list-file entries that leave the task folder
     vtab("dotdot", line("../outside/x.png 0"), r"image '\.\./outside/x\.png' \(test\.txt:1\) " + OUTSIDE),
@@ -69,6 +73,8 @@ CORPUS = [
     # (S1) accepted: these stay inside
     vtab("dotdot-stays-inside", line("images/train800/../test/12.png 0"), None),
     vtab("symlink-inside", link("images/test/alias.png", "12.png", "images/test/alias.png 0"), None),
+    # a byte-order mark (Windows editors write one) is not part of the first line's path
+    vtab("list-file-with-a-bom", lambda f: _bom(f / "src" / "test.txt"), None),
     Case(
         "symlinked-task-folder",
         lambda f: os.symlink(f / "src", f / "linked"),

@@ -34,3 +34,11 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     """A ConfigError for an unknown registry entry, listing what is accepted and close names."""
     choices = sorted(choices)
     return ConfigError(f"unknown {kind} {name!r}{suggest(name, choices)}; accepted: {', '.join(choices)}")
+
+
+def refuse_control_characters(what: str, value: str) -> None:
+    """A URI or path with a newline, tab or other control character is a pasting slip: refused
+    (``sqlite:///mlflow.db\\n`` would become a file name ending in a newline)."""
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"{what} {value!r} contains control character {bad!r}; accepted: printable text")

@@ -247,6 +247,12 @@ CORPUS = [
         r"directory '.*/nowhere' does not exist",
     ),
     ui("ui-store-scheme", nothing, "ftp://x", r"tracking URI 'ftp://x': unsupported scheme 'ftp'; accepted:"),
+    ui(
+        "ui-store-pasted-with-a-newline",
+        nothing,
+        "sqlite:///mlflow.db\n",
+        r"tracking URI 'sqlite:///mlflow\.db\\n' contains control character '\\n'; accepted: printable",
+    ),
     ro_ui(
         "ui-store-read-only", "ro.db", 0o444, r"'.*/ro\.db' cannot be written \(Permission denied\); " + STORE
     ),
@@ -262,6 +268,14 @@ CORPUS = [
         r"'.*/notes\.txt' is not a SQLite database; " + STORE,
         "--tracking-uri",
         "sqlite:///notes.txt",
+        out=VERIFIED,
+    ),
+    launch(
+        "launch-storage-with-a-tab",
+        space(),
+        r"--storage 's\\tx' contains control character '\\t'; accepted: printable text",
+        "--storage",
+        "s\tx",
         out=VERIFIED,
     ),
     launch(

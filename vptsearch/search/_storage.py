@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
 
-from vptsearch._errors import ConfigError
+from vptsearch._errors import ConfigError, refuse_control_characters
 from vptsearch._net import unreachable
 
 ENV = "VPTSEARCH_STORAGE"
@@ -111,6 +111,7 @@ def with_storage(spec: Any, flag: str | None) -> Any:
     uri = flag or os.environ.get(ENV) or spec.storage.path
     if not uri:
         return spec
+    refuse_control_characters("--storage" if flag else "storage path", uri)
     fs, path = filesystem(uri)
     storage = dataclasses.replace(spec.storage, path=path if fs is None else uri.rstrip("/"))
     return dataclasses.replace(spec, storage=storage)

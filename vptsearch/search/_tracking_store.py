@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from vptsearch._errors import ConfigError
+from vptsearch._errors import ConfigError, refuse_control_characters
 from vptsearch._net import unreachable
 
 
@@ -37,6 +37,7 @@ def tracking_uri_for(flag: str | None, spec_uri: str) -> str:
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
     """Resolve ``uri`` and refuse (ConfigError naming it) when the store cannot be reached."""
+    refuse_control_characters("tracking URI", uri)
     uri = resolve_tracking_uri(uri)
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme == "sqlite":

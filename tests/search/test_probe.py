@@ -131,7 +131,10 @@ def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change(
     assert "a/x (-4.2)" in old and "a/w (-2.5)" in old and "a/y" not in old and "a/z" not in old
     assert "params.head.init: probe" in old
     fitted = probe_gap_warning(rows, {"a/x": {}, "a/w": {"head.init": "probe"}})  # {}: the default
-    assert fitted is not None and "optim.head_lr_scale" in fitted and "head.init: probe" not in fitted
+    assert fitted is not None and "head.init: probe" not in fitted
+    assert "prompt.init over spt-*" in fitted and "linear method" in fitted and "standardize" not in fitted
+    with_bn = probe_gap_warning(rows, {"a/x": {"head.norm": "batchnorm"}, "a/w": {}})
+    assert with_bn is not None and "set params.head.norm: standardize" in with_bn
     assert probe_gap_warning(rows[1:3], {}) is None
 
 

@@ -117,10 +117,17 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
             "the linear head is likely under-trained (an SGD head from a random start needs far more "
             "epochs than a trial has on these features): set params.head.init: probe"
         )
-    else:
+    else:  # what moved a fitted head in the measurements (docs/search.md "The head: init and lr")
+        norms = {best_configs.get(r["task"], {}).get("head.norm", PARAMS["head.norm"].default) for r in low}
+        first = (
+            "set params.head.norm: standardize (batch statistics move a fitted head), "
+            if "batchnorm" in norms
+            else ""
+        )
         hint = (
-            "the head starts at the probe's fit, so training moved it away: lower optim.head_lr_scale "
-            "or optim.base_lr, or raise training.epochs"
+            f"the head starts at the probe's fit, so training moved it away: {first}search prompt.init "
+            "over spt-* (random prompts move the features faster than the head follows), or add the "
+            "linear method to method's choice (it keeps the fit)"
         )
     return f"warning: winner more than {GAP_WARN_POINTS:g} points under its probe on {names}; {hint}"
 

@@ -90,5 +90,6 @@ def test_entry_smoke_everything(digits_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert set(out["benchmarks"]) == {
-        "model_step", "data_reader", "platform_overhead", "spt_init", "gpu_sim", "search_efficiency"
+        "model_step", "data_reader", "platform_overhead", "spt_init", "import_memory", "gpu_sim",
+        "search_efficiency",
     }

@@ -237,7 +237,7 @@ def test_a_launch_stopped_for_memory_says_so_ends_its_runs_and_resumes(
     assert line.startswith("vptsearch: interrupted: the search phase stopped with 1/2 trials finished: "), (
         line
     )
-    assert "killed by Ray's memory monitor" in line and f"--space {space} --resume" in line
+    assert "killed by Ray's memory monitor" in line and f"--space {space} --no-dashboard --resume" in line
     client = MlflowClient(raw["tracking"]["uri"])
     exp = client.get_experiment_by_name("oomlaunch").experiment_id
 

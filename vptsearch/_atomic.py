@@ -28,3 +28,17 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
             tmp.unlink()
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     return path
+
+
+def probe_writable(folder: str | Path, size: int = 0) -> None:
+    """Create and remove a file of ``size`` bytes in ``folder``: raises the OSError of the first step
+    that fails and leaves no probe behind. Permission bits do not tell (root passes them on a
+    read-only mount or ``/proc``); only a write does."""
+    probe = Path(folder) / f".vptsearch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * size)
+        probe.unlink()
+    except OSError:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vptsearch._atomic import probe_writable
 from vptsearch._errors import ConfigError
 
 LATEST_FILE, LATEST_LINK = "LATEST", "latest"
@@ -57,10 +58,8 @@ def check_export_dir(dest: str | os.PathLike[str], create: bool = True) -> Path:
         raise ConfigError(
             f"export dir {str(path)!r}: cannot create it ({exc.strerror}); {accepted}"
         ) from None
-    probe = path / f".vptsearch-write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(path)
     except OSError as exc:
         raise ConfigError(f"export dir {str(path)!r} is not writable ({exc.strerror}); {accepted}") from None
     return path.resolve()

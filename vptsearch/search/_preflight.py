@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from vptsearch._atomic import probe_writable
 from vptsearch._errors import ConfigError, DataError
 from vptsearch._net import unreachable
 from vptsearch.data import build_mini, get_task, read_manifest, verify_tasks
@@ -98,10 +99,8 @@ def check_export(spec: SearchSpec) -> None:
     target = check_export_dir(dest, create=False)
     while not target.exists():
         target = target.parent
-    probe = target / f".vptsearch-write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(target)
     except OSError as exc:
         raise ConfigError(
             f"export dir {dest!r}: {str(target)!r} cannot be written ({exc.strerror}); accepted: a "
@@ -139,11 +138,9 @@ def check_ray_home() -> None:
     folder = home / ".ray"
     if (folder / "auth_token").is_file():
         return
-    probe = folder / f".vptsearch-write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(folder)
     except OSError as exc:
         raise ConfigError(
             f"HOME ({home}): {folder} cannot be written ({exc.strerror}), and a local Ray keeps its "

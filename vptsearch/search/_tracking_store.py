@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from vptsearch._atomic import probe_writable
 from vptsearch._errors import ConfigError, refuse_control_characters
 from vptsearch._net import unreachable
 
@@ -93,14 +94,10 @@ def check_sqlite_store(uri: str) -> None:
             ) from None
         if head and head != SQLITE_HEADER:
             raise ConfigError(f"tracking URI {uri!r}: {str(path)!r} is not a SQLite database; {accepted}")
-    probe = parent / f".vptsearch-write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
+        probe_writable(parent, size=4096)
         free = shutil.disk_usage(parent).free
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            probe.unlink()
         raise ConfigError(
             f"tracking URI {uri!r}: directory {str(parent)!r} is not writable ({exc.strerror}); {accepted}"
         ) from None

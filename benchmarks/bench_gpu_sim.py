@@ -40,8 +40,10 @@ core shortage, not the engine):
   measured at start on this machine as thread CPU time, so other jobs on the cores do not inflate
   it) and copied to the GPU (pageable, ``H2D_BYTES_PER_S``) while the GPU waits; new: uint8 splits
   resident on the device (``_DEVICE_CACHE``'s LRU of DEVICE_CACHE_SIZE splits, a miss pays one H2D
-  copy of the split). Both: a split is decoded once per
-  worker process (the project's ``decode_image`` on a 224-px JPEG, timed at start).
+  copy of the split). Decode (the project's ``decode_image`` on a 224-px JPEG, timed at start):
+  old paths, once per worker process and split; new, once per launch and split through the
+  launch's real split store (``_split_store``: the first worker "decodes" and puts a zeroed split
+  of the real size into the object store, the others map it).
 - Model build. Both: once per worker, the backbone from the object store (``timm.create_model`` +
   ``load_state_dict``, timed at start). Old: ``build_model``'s deep copy of the backbone per trial
   (timed at start: the real ``build_model`` with a backbone that is not frozen, minus the frozen one)
@@ -108,6 +110,7 @@ ANCHOR_EPOCH_S = 2 * 2 * DEPTH * (12 * _N * DIM**2 + 2 * _N**2 * DIM) * ANCHOR_I
 H2D_BYTES_PER_S = 10e9  # pageable host->device copy, PCIe 4.0 x16
 SYNC_S = 30e-6  # one host read of a device scalar: queue drain + D2H + the next launch
 TRAIN_IMAGES, VAL_IMAGES, IMAGE_BYTES = 800, 200, 3 * 224 * 224
+SPLIT_STORE_BYTES = 8 * 2**30  # 19 tasks' train800 + val200 at 224 px: 2.9 GB
 
 
 def vit_flops(p: int, *, impl: str = "tokens", train: bool = True, cls_only_last: bool = True) -> float:
@@ -153,6 +156,7 @@ def _until(t: float) -> None:
 
 def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -> None:
     """One trial as ``run_trial`` runs it, compute replaced by waits (see the module docstring)."""
+    import numpy as np
     import torch
     from ray import tune
 
@@ -208,8 +212,22 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
     for split, n in (("train800", TRAIN_IMAGES), ("val200", VAL_IMAGES)):
         key = (config["task"], split)
         if key not in host:
-            time.sleep(n * sim["decode_s_per_image"])
-            b["first_touch"] += n * sim["decode_s_per_image"]
+            t1 = now()
+            if sim.get("splits") is None:
+                b["split_decodes"] += 1
+                time.sleep(n * sim["decode_s_per_image"])
+            else:  # the launch's split store: the first worker decodes, the others map its copy
+
+                def decode(n: int = n) -> tuple[Any, Any]:
+                    b["split_decodes"] += 1
+                    time.sleep(n * sim["decode_s_per_image"])
+                    return np.zeros((n, 3, 224, 224), np.uint8), np.zeros(n, np.int64)
+
+                # kept, as load_split's per-process cache keeps it (it pins the shared copy)
+                arrays = _WORKER.setdefault("arrays", {})
+                arrays[key] = sim["splits"].fetch(f"{config['task']}/{split}", decode)
+            b["split_first_touches"] += 1
+            b["first_touch"] += now() - t1
             host.add(key)
         if not old:
             if key in dev:
@@ -367,8 +385,10 @@ def _swapped_trainable(sim: dict[str, Any]) -> Any:
     """``_trainable.make_trainable`` -> ``sim_trainable``, bound and resourced like the real one."""
     from ray import tune
 
-    def make(spec: Any, backbone: Any = None) -> Any:  # make_trainable's signature
-        bound = tune.with_parameters(sim_trainable, spec_json=json.dumps(spec.to_dict()), sim=sim)
+    def make(spec: Any, backbone: Any = None, splits: Any = None) -> Any:  # make_trainable's signature
+        bound = tune.with_parameters(
+            sim_trainable, spec_json=json.dumps(spec.to_dict()), sim={**sim, "splits": splits}
+        )
         return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
     return _load("bench_platform_overhead").swapped_make_trainable(make)
@@ -416,6 +436,7 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
     from vptsearch.search._metrics import MetricsCallback
     from vptsearch.search._scheduler import PerTaskScheduler, build_scheduler
     from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, trial_status
+    from vptsearch.search._split_store import start_split_store
     from vptsearch.search._storage import launch_storage
     from vptsearch.search._tracking import (
         ProgressCallback,
@@ -464,8 +485,11 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
         ]
         # the old launch path: Tune prunes checkpoints (num_to_keep=1) and stages one trial at a time
         old_platform = mode in OLD_PLATFORM
+        # new: the launch's decoded-split store, sized as on a GPU node (a quarter of its object store
+        # holds every split of 19 tasks); the old path decoded per worker
+        splits = None if old_platform else start_split_store(capacity_bytes=SPLIT_STORE_BYTES)
         setup = _phases.TuneSetup(spec, run_dir, store, tune_num_to_keep=1 if old_platform else None,
-                                  max_pending_trials=1 if old_platform else None)  # fmt: skip
+                                  max_pending_trials=1 if old_platform else None, splits=splits)  # fmt: skip
         events: dict[str, Any] = {}
         with _swapped_trainable(sim), timed(targets, driver), contextlib.redirect_stdout(sys.stderr), \
                 _costs.driver_events(events):  # fmt: skip
@@ -556,6 +580,10 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
         "breakdown_s_per_trial": {k: round(v / max(1, n), 4) for k, v in sums.items()},
         "epochs_per_trial": round(sum(t["reports"] for t in trials) / max(1, n), 2),
         "checkpoints_per_trial": round(sum(t.get("checkpoints", 0) for t in trials) / max(1, n), 2),
+        # a worker's first use of a task's split, and how many of those decoded it (new: the rest
+        # mapped the launch's shared copy)
+        "split_first_touches": int(sum(t.get("split_first_touches", 0) for t in trials)),
+        "split_decodes": int(sum(t.get("split_decodes", 0) for t in trials)),
         "fixed_cost_s_per_trial": {
             "median": round(statistics.median(fixed), 4) if fixed else None,
             "mean": round(statistics.fmean(fixed), 4) if fixed else None,

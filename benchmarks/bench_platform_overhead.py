@@ -121,8 +121,9 @@ def _timed_methods(targets: dict[str, list[tuple[type, str]]], totals: dict[str,
 
 @contextlib.contextmanager
 def swapped_make_trainable(make: Any):
-    """``_trainable.make_trainable`` -> ``make`` (same signature: ``(spec, backbone=None)``) while
-    the block runs: the launch path stays real, only the trainable it builds is a stand-in."""
+    """``_trainable.make_trainable`` -> ``make`` (same signature: ``(spec, backbone=None,
+    splits=None)``) while the block runs: the launch path stays real, only the trainable it builds
+    is a stand-in."""
     from vptsearch.search import _trainable
 
     orig = _trainable.make_trainable
@@ -137,7 +138,7 @@ def _swapped_trainable(epochs: int, checkpoint: bool) -> Any:
     """``_trainable.make_trainable`` -> the no-op trainable, bound and resourced like the real one."""
     from ray import tune
 
-    def make(spec: Any, backbone: Any = None) -> Any:  # make_trainable's signature; no model here
+    def make(spec: Any, backbone: Any = None, splits: Any = None) -> Any:  # make_trainable: no model here
         bound = tune.with_parameters(noop_trainable, epochs=epochs, checkpoint=checkpoint)
         return tune.with_resources(bound, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 

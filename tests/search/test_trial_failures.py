@@ -95,7 +95,7 @@ def _phase(tmp_path: Path, monkeypatch, *, kills: int, max_failures: int, resume
         {"name": "oom", "suite": [TASK], "training": {"epochs": 3, "max_failures": max_failures}}
     )
     bound = tune.with_parameters(_hungry_trial, marker=str(tmp_path / "kills"), kills=kills, epochs=3)
-    monkeypatch.setattr(_trainable, "make_trainable", lambda spec, backbone=None: bound)
+    monkeypatch.setattr(_trainable, "make_trainable", lambda spec, backbone=None, splits=None: bound)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = Tracker(uri, "oom", None, "oom/1").task_run(TASK, "natural")
     tracking = TrackingCallback(uri, "oom", None, "oom/1", {TASK: parent}, 3, resume=resume)
@@ -168,7 +168,7 @@ def test_a_tuner_that_raised_for_memory_is_one_line() -> None:
 
 
 # --- the whole launch, through the CLI ---------------------------------------------------------------
-def _hungry_real_trial(config: dict, spec_json: str, backbone=None) -> None:
+def _hungry_real_trial(config: dict, spec_json: str, backbone=None, splits=None) -> None:
     """The launch's own trainable, whose reporter eats memory at epoch 2 (``$OOM_TEST_MARKER``)."""
     from vptsearch.search import _trainable
 
@@ -182,7 +182,7 @@ def _hungry_real_trial(config: dict, spec_json: str, backbone=None) -> None:
 
         report.hungry = True  # type: ignore[attr-defined]
         _trainable.TuneReporter.report = report
-    _trainable.trainable(config, spec_json, backbone)
+    _trainable.trainable(config, spec_json, backbone, splits)
 
 
 class _Records(logging.Handler):

@@ -13,6 +13,7 @@ import io
 import os
 import tarfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from vptsearch._hashing import sha256_file
 from vptsearch.data._codec import IMAGE_EXTS, decode_image
 from vptsearch.data._lookup import read_manifest
 from vptsearch.data._manifest import Manifest, ShardInfo
+from vptsearch.data._shared_splits import current_store, split_key
 from vptsearch.data._tarstream import tar_samples
 from vptsearch.data._tasks import TaskInfo, hint_for
 
@@ -129,6 +131,8 @@ def load_split(
 
     ``size`` resizes every image to ``size x size`` while decoding (needed when stored sizes vary).
     Results are cached per process (keyed by the manifest's shard hashes); treat them as read-only.
+    Inside :func:`~vptsearch.data._shared_splits.sharing_splits` the decode goes through the given
+    store, so the processes of a node decode a split once and share one copy of it.
     """
     manifest = read_manifest(task, root)
     shards = manifest.split_shards(split)
@@ -137,6 +141,24 @@ def load_split(
         hit = _CACHE.get(cache_key)
     if hit is not None:
         return hit
+    store = current_store()
+    if store is None:
+        images, labels = _decode_split(manifest, shards, split, size, verify)
+    else:
+        key = split_key(manifest.task.name, split, size, cache_key[3])
+        images, labels = store.fetch(key, lambda: _decode_split(manifest, shards, split, size, verify))
+    with warnings.catch_warnings():  # a shared split is read-only memory; the loaders only index it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    with _CACHE_LOCK:
+        _CACHE[cache_key] = (x, y)
+    return x, y
+
+
+def _decode_split(
+    manifest: Manifest, shards: list[ShardInfo], split: str, size: int | None, verify: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The split's images ``uint8 [N, 3, H, W]`` and labels ``int64 [N]``, decoded and checked."""
     images: list[np.ndarray] = []
     labels: list[int] = []
     for shard in shards:
@@ -161,11 +183,7 @@ def load_split(
         raise DataError(
             f"split {split!r} of {manifest.task.name!r} has {len(labels)} samples, manifest says {expected}"
         )
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor(labels, dtype=torch.int64)
-    with _CACHE_LOCK:
-        _CACHE[cache_key] = (x, y)
-    return x, y
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)), np.asarray(labels, dtype=np.int64)
 
 
 # --- streaming -------------------------------------------------------------------------------

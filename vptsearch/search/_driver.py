@@ -35,6 +35,7 @@ from vptsearch.search._resume_check import resume_spec
 from vptsearch.search._rundir import RESULTS_FILE, SPEC_FILE, prepare_run_dir, remove_empty
 from vptsearch.search._scheduler import build_scheduler
 from vptsearch.search._searcher import MultiTaskSearcher, build_searcher
+from vptsearch.search._split_store import start_split_store
 from vptsearch.search._storage import Storage, check_storage, launch_storage, with_storage
 from vptsearch.search._tracking import (
     PREFIX,
@@ -288,7 +289,9 @@ class Launch:
         after the search still writes results.json and the report and ends the runs FAILED."""
         self._announce()
         backbone = _cluster.share_backbone(get_backbone(self.spec))  # once, not per trial or per node
-        self.setup = TuneSetup(self.spec, self.run_dir, self.store, backbone, self.resume)
+        # each split decoded once per launch, not once per worker (both phases share the store)
+        splits = start_split_store()
+        self.setup = TuneSetup(self.spec, self.run_dir, self.store, backbone, self.resume, splits)
         records = self.search()
         selection = select(records, self.tasks)
         trials = [dataclasses.asdict(r) for r in records]

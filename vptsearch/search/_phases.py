@@ -65,6 +65,7 @@ class TuneSetup:
     store: Storage | None = None
     backbone: Any = None
     resume: bool = False
+    splits: Any = None  # the launch's decoded splits (_split_store.RaySplitStore), None: per worker
     # Tune's own checkpoint pruning and pending-trial limit instead of the launch's (benchmarks
     # measure the launch path as it was with them): ``num_to_keep`` and ``TUNE_MAX_PENDING_TRIALS_PG``
     tune_num_to_keep: int | None = None
@@ -82,7 +83,7 @@ def run_tuner(
     store = setup.store or launch_storage(setup.spec, setup.run_dir)
     path = f"{store.path}/{name}"
     # looked up on the module: the benchmarks swap in a stand-in trainable
-    trainable = _trainable.make_trainable(setup.spec, setup.backbone)
+    trainable = _trainable.make_trainable(setup.spec, setup.backbone, setup.splits)
     # the launch keeps each trial's newest checkpoint (see _checkpoints: Tune's num_to_keep forces
     # an experiment snapshot per checkpoint)
     pruner = [CheckpointPruner()] if setup.tune_num_to_keep is None else []

@@ -25,6 +25,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from vptsearch._errors import ConfigError, DataError
+from vptsearch.data._shared_splits import SplitStore, sharing_splits
 from vptsearch.search._cluster import SharedBackbone
 from vptsearch.search._result_keys import EARLIER_EPOCHS
 from vptsearch.spec import SearchSpec, spec_from_dict
@@ -119,24 +120,32 @@ def _spec(spec_json: str) -> SearchSpec:
     return spec_from_dict(json.loads(spec_json))
 
 
-def trainable(config: dict[str, Any], spec_json: str, backbone: SharedBackbone | None = None) -> None:
+def trainable(
+    config: dict[str, Any],
+    spec_json: str,
+    backbone: SharedBackbone | None = None,
+    splits: SplitStore | None = None,
+) -> None:
     """Tune function trainable: one trial of ``config["task"]`` in ``config["phase"]``.
 
     ``backbone``: the driver's backbone in the object store (``_cluster.share_backbone``); the
     worker builds the model from it once instead of reading the weights file (None: read the file).
+    ``splits``: the launch's decoded splits (``_split_store``), shared by the node's workers
+    (None: each worker decodes its own).
     """
     spec = _spec(spec_json)
     reporter = TuneReporter(spec.training.report_every_s)
     try:
-        run_trial(
-            config,
-            task=config["task"],
-            spec=spec,
-            reporter=reporter,
-            checkpoint=load_state(tune.get_checkpoint()),
-            threads=max(1, int(spec.resources.cpu)),
-            backbone=None if backbone is None else backbone.get(),
-        )
+        with sharing_splits(splits):
+            run_trial(
+                config,
+                task=config["task"],
+                spec=spec,
+                reporter=reporter,
+                checkpoint=load_state(tune.get_checkpoint()),
+                threads=max(1, int(spec.resources.cpu)),
+                backbone=None if backbone is None else backbone.get(),
+            )
     except (DataError, ConfigError) as exc:
         # Bad input fails the same way on every attempt: raising would make Tune retry the trial
         # (FailureConfig.max_failures, meant for lost nodes) and print a traceback each time.
@@ -196,12 +205,16 @@ def heal_pruned_checkpoint(checkpoint: tune.Checkpoint) -> bool:
     return True
 
 
-def make_trainable(spec: SearchSpec, backbone: SharedBackbone | None = None) -> Any:
-    """``trainable`` bound to ``spec`` (and the shared backbone) with the trial's resources
-    (cpu/gpu fractions allowed), restoring through :func:`heal_pruned_checkpoint`."""
+def make_trainable(
+    spec: SearchSpec, backbone: SharedBackbone | None = None, splits: SplitStore | None = None
+) -> Any:
+    """``trainable`` bound to ``spec`` (and the shared backbone and splits) with the trial's
+    resources (cpu/gpu fractions allowed), restoring through :func:`heal_pruned_checkpoint`."""
     from ray.tune.trainable.function_trainable import wrap_function
 
-    bound = tune.with_parameters(trainable, spec_json=json.dumps(spec.to_dict()), backbone=backbone)
+    bound = tune.with_parameters(
+        trainable, spec_json=json.dumps(spec.to_dict()), backbone=backbone, splits=splits
+    )
     base: Any = wrap_function(bound)
 
     class Trainable(base):

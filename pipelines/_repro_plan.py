@@ -4,7 +4,8 @@ Every launch is an ordinary vptsearch search space (a dict that :func:`vptsearch
 validates), run through :func:`vptsearch.search.launch` like a user's YAML file. The FULL sizes are set
 by learning curves (docs/results.md, /work/notes/repro): 15 epochs with 2 of warm-up, the converging
 recipe of issue 12 (BatchNorm1d without affine before the head for every method, SGD, per-sample prompt
-dropout) and three base-lr values per method family. The ``quick`` plan runs every code path in a few
+dropout), the head fitted before the first step (issue 28: ``head.init: probe``) and a grid of three
+base-lr values per method family times two head-lr multiples. The ``quick`` plan runs every code path in a few
 minutes. :func:`estimate_seconds` turns the plan into a wall-time estimate.
 """
 
@@ -38,12 +39,15 @@ LR_HEAD = (4.0, 2.0, 1.0)  # linear
 LR_BODY = (2.0, 1.0, 0.5)  # bias, adapter
 LR_FULL = (0.2, 0.1, 0.05)
 HEAD_NORM = "batchnorm"  # every launch: the quickstart's head (issue 12 part 2)
-# The issue-12 head, pinned: nn.Linear's random draw trained at the prompts' lr. The defaults since
-# issue 28 fit the head first (head.init: probe, lr x 0.1), which on the sup backbone meets prompt
-# dropout badly (benchmarks/README.md "Rung signal"); the page is republished once a recipe
-# converges on both backbones. Records written before these keys existed mean exactly this.
-HEAD_INIT = "random"
-HEAD_LR_SCALE = 1.0
+# The head since issue 28 (2026-12-07): fitted by the probe's solver before the first step
+# (head.init: probe, LP-FT), its lr multiple searched with the base lr. One multiple does not fit
+# both backbones (single trials, val200 at epoch 15, p = 10, base lr 2, benchmarks/README.md "The
+# head's lr on two backbones"): on the MAE backbone a head at the prompts' full lr drifts off its
+# fit (dsprites_loc 31 -> 25.5 % with x1, 33 -> 34.5 % at epoch 10 with x0.1), on the supervised one
+# random prompts move the features so fast that the fit collapses in the first epoch and a head at
+# x0.1 cannot follow (textures 75 % with x0.1, 77.5-79 % with x1, the issue-12 random head 77.5 %).
+HEAD_INIT = "probe"
+HEAD_LR_SCALES = (0.1, 1.0)
 PROMPT_DROPOUT = 0.1
 PROMPT_DROPOUT_MASK = "sample"  # a mask per sample, as the VPT reference implementation draws it
 OPTIMIZER = "sgd"
@@ -57,10 +61,12 @@ class Sizes:
     final_seeds: tuple[int, ...]
     prompt_length: int  # p of the main table; the prompt-length study reuses those rows at this p
     lr_points: int  # how many points of each lr grid are searched (quick: 1)
+    head_lr_scales: tuple[float, ...] = HEAD_LR_SCALES  # searched with every lr (quick: one)
 
 
 FULL = Sizes(epochs=15, warmup_epochs=2, batch_size=32, final_seeds=(0, 1, 2), prompt_length=10, lr_points=3)
-QUICK = Sizes(epochs=1, warmup_epochs=0, batch_size=32, final_seeds=(0, 1), prompt_length=5, lr_points=1)
+QUICK = Sizes(epochs=1, warmup_epochs=0, batch_size=32, final_seeds=(0, 1), prompt_length=5, lr_points=1,
+              head_lr_scales=HEAD_LR_SCALES[:1])
 
 
 @dataclass(frozen=True)
@@ -167,10 +173,12 @@ def spec_dict(launch: Launch, sizes: Sizes, *, run_dir: str, tracking_uri: str, 
         "backbone": {"name": BACKBONES[launch.backbone]},
         "method": launch.method,
         "params": {**launch.params, "head.norm": HEAD_NORM, "head.init": HEAD_INIT,
-                   "optim.head_lr_scale": HEAD_LR_SCALE, "optim.base_lr": {"choice": list(launch.lrs)},
+                   "optim.head_lr_scale": {"choice": list(sizes.head_lr_scales)},
+                   "optim.base_lr": {"choice": list(launch.lrs)},
                    "optim.weight_decay": 0.0},
-        # grid: every lr once per task; no ASHA with so few trials
-        "search": {"algorithm": "grid", "trials_per_task": len(launch.lrs), "max_concurrent": 2, "seed": 0},
+        # grid: every (lr, head lr multiple) once per task; no ASHA with so few trials
+        "search": {"algorithm": "grid", "trials_per_task": len(launch.lrs) * len(sizes.head_lr_scales),
+                   "max_concurrent": 2, "seed": 0},
         "scheduler": {"type": "none"},
         "training": {"epochs": sizes.epochs, "warmup_epochs": sizes.warmup_epochs,
                      "batch_size": sizes.batch_size, "optimizer": OPTIMIZER, "momentum": 0.9,
@@ -202,7 +210,8 @@ def image_epochs(launch: Launch, sizes: Sizes) -> float:
     total = 0.0
     for task in launch.tasks:
         n_train = TRAIN_IMAGES.get(task, 800)
-        search = len(launch.lrs) * sizes.epochs * (n_train + EVAL_WEIGHT * MINI_VAL)
+        trials = len(launch.lrs) * len(sizes.head_lr_scales)
+        search = trials * sizes.epochs * (n_train + EVAL_WEIGHT * MINI_VAL)
         final = len(sizes.final_seeds) * (sizes.epochs * (n_train + MINI_VAL) + EVAL_WEIGHT * MINI_TEST)
         total += search + final
     return total

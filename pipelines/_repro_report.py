@@ -23,6 +23,7 @@ from typing import Any
 from _repro_claims import claims
 from _repro_collect import Finished, collect, timings_of
 from _repro_plan import (
+    HEAD_INIT,
     HEAD_NORM,
     LR_BODY,
     LR_FULL,
@@ -139,10 +140,12 @@ def recipe(sizes: Sizes) -> str:
     return (
         f"{sizes.epochs} epoch(s) ({sizes.warmup_epochs} warm-up, then cosine), batch {sizes.batch_size}, "
         f"{OPTIMIZER.upper()} momentum 0.9, weight decay 0, `head.norm: {HEAD_NORM}` for every method, "
+        f"the head fitted by the probe's solver before the first step (`head.init: {HEAD_INIT}`), "
         f"prompt dropout {PROMPT_DROPOUT} with a mask per sample "
         f"(`training.prompt_dropout_mask: {PROMPT_DROPOUT_MASK}`), "
         f"prompt length {sizes.prompt_length} in the main table, search = grid over {sizes.lr_points} "
-        "base-lr value(s) per method (lr = base × batch/256): "
+        "base-lr value(s) per method (lr = base × batch/256) times the head's lr multiple "
+        f"(`optim.head_lr_scale` {{{', '.join(f'{x:g}' for x in sizes.head_lr_scales)}}}): "
         f"VPT/SPT {_grid(LR_PROMPT, sizes)}, linear {_grid(LR_HEAD, sizes)}, bias/adapter "
         f"{_grid(LR_BODY, sizes)}, full {_grid(LR_FULL, sizes)}; the prompt-length study searches the "
         "VPT/SPT grid at every p"

@@ -293,6 +293,7 @@ def test_document_marks_partial_runs_and_counts_only_this_plans_timings(repro, t
     assert "`python pipelines/reproduce.py`" in text and "## Claims" in text
     assert "2.0 min for 1 launch(es)" in text
     assert "`head.norm: batchnorm` for every method" in text and "15 epoch(s) (2 warm-up" in text
+    assert "`head.init: probe`" in text and "(`optim.head_lr_scale` {0.1, 1})" in text
     assert "two-level percentile bootstrap (10,000 resamples" in text
     assert "Estimated wall time of the whole plan" in text
 
@@ -315,8 +316,10 @@ def test_plan_specs_validate_and_cover_the_issue(repro, tmp_path: Path) -> None:
         spec = spec_from_dict(plan.spec_dict(lc, plan.FULL, run_dir=str(tmp_path), tracking_uri="sqlite:///x.db",
                                              experiment="repro"))
         assert spec.protocol.final_seeds == (0, 1, 2) and spec.experiment == "repro" and spec.protocol.probe
-        assert spec.search.algorithm == "grid" and spec.search.trials_per_task == len(lc.lrs) >= 3
+        assert spec.search.algorithm == "grid" and spec.search.trials_per_task == 2 * len(lc.lrs) >= 6
         assert spec.params["head.norm"].values == ("batchnorm",)
+        assert spec.params["head.init"].values == ("probe",)
+        assert spec.params["optim.head_lr_scale"].values == (0.1, 1.0)
         assert spec.training.optimizer == "sgd" and spec.training.prompt_dropout_mask == "sample"
         assert spec.training.epochs == plan.FULL.epochs
         assert spec.training.warmup_epochs == plan.FULL.warmup_epochs
@@ -355,7 +358,7 @@ def test_cost_model_reproduces_the_2_epoch_run(repro) -> None:
     plan, _ = repro
     from dataclasses import replace
 
-    old = replace(plan.FULL, epochs=2, warmup_epochs=1, lr_points=2)
+    old = replace(plan.FULL, epochs=2, warmup_epochs=1, lr_points=2, head_lr_scales=(1.0,))  # its one head
     main = [replace(lc, lrs=lc.lrs[:2]) for lc in plan.plan(False) if lc.study == "main"]
     assert len(main) == 20
     assert plan.estimate_seconds(main, old)["total"] / 60 == pytest.approx(53.4, abs=0.2)

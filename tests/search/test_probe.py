@@ -135,6 +135,9 @@ def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change(
     assert "prompt.init over spt-*" in fitted and "linear method" in fitted and "standardize" not in fitted
     with_bn = probe_gap_warning(rows, {"a/x": {"head.norm": "batchnorm"}, "a/w": {}})
     assert with_bn is not None and "set params.head.norm: standardize" in with_bn
+    assert "optim.head_lr_scale over [0.1, 1]" in fitted  # the default multiple, 0.1
+    fast = probe_gap_warning(rows, {"a/x": {"optim.head_lr_scale": 1.0}, "a/w": {"optim.head_lr_scale": 1}})
+    assert fast is not None and "head_lr_scale" not in fast and "prompt.init over spt-*" in fast
     assert probe_gap_warning(rows[1:3], {}) is None
 
 

@@ -118,16 +118,25 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
             "epochs than a trial has on these features): set params.head.init: probe"
         )
     else:  # what moved a fitted head in the measurements (docs/search.md "The head: init and lr")
-        norms = {best_configs.get(r["task"], {}).get("head.norm", PARAMS["head.norm"].default) for r in low}
+        configs = [best_configs.get(r["task"], {}) for r in low]
+        norms = {c.get("head.norm", PARAMS["head.norm"].default) for c in configs}
+        scales = {float(c.get("optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default)) for c in configs}
         first = (
             "set params.head.norm: standardize (batch statistics move a fitted head), "
             if "batchnorm" in norms
             else ""
         )
+        # on a backbone whose features the prompts move fast, a slow head cannot follow them
+        # (benchmarks/README.md "The head's lr on two backbones"); at the full lr it drifts off its fit
+        slow = (
+            "search optim.head_lr_scale over [0.1, 1] (a slow head cannot follow moving features), "
+            if max(scales) < 1
+            else ""
+        )
         hint = (
-            f"the head starts at the probe's fit, so training moved it away: {first}search prompt.init "
-            "over spt-* (random prompts move the features faster than the head follows), or add the "
-            "linear method to method's choice (it keeps the fit)"
+            f"the head starts at the probe's fit, so training moved it away: {first}{slow}search "
+            "prompt.init over spt-* (random prompts move the features faster than the head follows), "
+            "or add the linear method to method's choice (it keeps the fit)"
         )
     return f"warning: winner more than {GAP_WARN_POINTS:g} points under its probe on {names}; {hint}"
 

@@ -245,3 +245,19 @@ def test_shared_backbone_is_cached_per_process(cluster, tiny_backbone_file) -> N
     first = shared.get()
     assert shared.get() is first  # one build per worker process, reused by every trial
     assert first.sha256 == shared.sha256 and first.model.training is False
+
+
+def test_workers_on_another_node_than_the_split_store_share_its_splits(cluster, mini_root) -> None:
+    """The store's actor takes no CPU, so it may sit on the head; trials run on the worker node
+    (the head has no CPU) and fetch the split across: decoded once, served to the second."""
+    import ray
+
+    from vptsearch.search._split_store import start_split_store
+
+    from .test_split_store import _load_in_a_fresh_worker
+
+    store = start_split_store()
+    load = ray.remote(num_cpus=1, max_calls=1)(_load_in_a_fresh_worker)
+    first, second = (ray.get(load.remote(TASKS[0], "val200", str(mini_root), store)) for _ in range(2))
+    assert first[2] is True and second[2] is False and first[1] == second[1]
+    assert store.summary()["decoded"] == 1 and store.summary()["shared"] == 1

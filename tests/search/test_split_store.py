@@ -49,6 +49,15 @@ def test_a_failed_decode_hands_the_claim_to_a_waiter():
     assert index.summary()["abandoned"] == 1
 
 
+def test_a_split_too_large_to_share_is_claimed_by_every_worker_at_once():
+    index = DecodedSplits(capacity_bytes=1000)
+    assert index.claim("big") is None
+    index.abandon("big", too_large=True)
+    t0 = time.monotonic()
+    assert index.claim("big", wait_s=5) is None and index.claim("big", wait_s=5) is None
+    assert time.monotonic() - t0 < 1 and "big" not in index.decoding  # nobody waits on a decode
+
+
 def test_a_claimer_that_never_answers_stalls_others_only_for_the_wait():
     index = DecodedSplits(capacity_bytes=1000)
     assert index.claim("k") is None

@@ -45,6 +45,7 @@ class DecodedSplits:
         self.capacity = int(capacity_bytes)
         self.refs: OrderedDict[str, tuple[list[Any], int]] = OrderedDict()
         self.decoding: set[str] = set()
+        self.unshared: set[str] = set()  # too large to share: each worker decodes its own, at once
         self.stats = {"decoded": 0, "shared": 0, "too_large": 0, "evicted": 0, "abandoned": 0}
         self._cond = threading.Condition()
 
@@ -53,6 +54,8 @@ class DecodedSplits:
         the caller decodes it and then calls :meth:`put` or :meth:`abandon`."""
         deadline = time.monotonic() + wait_s
         with self._cond:
+            if key in self.unshared:
+                return None
             while key in self.decoding and time.monotonic() < deadline:
                 self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
             if key in self.refs:
@@ -76,6 +79,8 @@ class DecodedSplits:
         """The claimer will not put ``key`` (its decode failed, or the split is too large to share)."""
         with self._cond:
             self.decoding.discard(key)
+            if too_large:  # nobody waits for it again: the others decode theirs in parallel
+                self.unshared.add(key)
             self.stats["too_large" if too_large else "abandoned"] += 1
             self._cond.notify_all()
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def own_ray(num_cpus: int = 2, **kwargs) -> Iterator[None]:
+    """A fresh local Ray for the block (one left by an earlier test is shut down first)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -19,6 +19,8 @@ from vptsearch._errors import ConfigError
 from vptsearch.search import _tune_state
 from vptsearch.search._spool import Positions, Spool, read_records
 
+from .conftest import own_ray
+
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -111,13 +113,8 @@ def _tuner(storage: Path, callbacks: list):
 
 @pytest.fixture()
 def local_ray():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=1, include_dashboard=False, address="local", logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with own_ray(num_cpus=1, address="local"):
+        yield
 
 
 def test_kept_state_is_put_back_over_a_damaged_one(tmp_path: Path) -> None:

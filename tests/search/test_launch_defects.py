@@ -23,6 +23,7 @@ from vptsearch._errors import ConfigError
 from vptsearch.cli import main
 from vptsearch.spec import spec_from_dict
 
+from .conftest import own_ray
 from .test_bad_input import _launch_error, _write
 
 TASK = "mini/digits"
@@ -259,13 +260,8 @@ def test_interrupted_launch_names_the_space_file_in_its_resume_hint(base_raw, tm
 # Not module-scoped: the preflight tests below assert that a refused launch never started Ray.
 @pytest.fixture
 def local_ray():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with own_ray():
+        yield
 
 
 def test_a_trial_meeting_bad_data_fails_once_with_its_error_in_mlflow(

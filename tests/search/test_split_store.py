@@ -12,6 +12,8 @@ import pytest
 
 from vptsearch.search._split_store import DecodedSplits
 
+from .conftest import own_ray
+
 
 # --- the actor's index, without Ray -----------------------------------------------------------------
 def test_a_second_claimer_waits_for_the_first_decode_and_gets_its_object():
@@ -81,13 +83,8 @@ def test_the_index_holds_at_most_its_capacity_dropping_the_least_recently_fetche
 # --- with Ray ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with own_ray():
+        yield
 
 
 def _load_in_a_fresh_worker(task: str, split: str, root: str, store) -> tuple[int, int, bool]:

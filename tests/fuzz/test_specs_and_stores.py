@@ -301,13 +301,19 @@ CORPUS = [
     ),
     # results.json a launch did not write
     broken("report-results-not-json", "report", b"{not json", "JSONDecodeError: Expecting property name"),
-    broken("report-results-a-list", "report", b"[]", "TypeError: list indices must be integers"),
+    broken("report-results-a-list", "report", b"[]", "TypeError: expected an object with a launch_id string"),
     broken("report-results-lacks-keys", "report", b"{}", "KeyError: 'launch_id'"),
     broken(
         "report-row-lacks-keys",
         "report",
         b'{"launch_id": "x", "rows": [{}], "tasks": {}}',
-        "KeyError: 'test_mean'",
+        "KeyError: 'a row lacks task, group, method",
+    ),
+    broken(
+        "report-rows-not-a-list",
+        "report",
+        b'{"launch_id": "x", "rows": {}, "tasks": {}}',
+        r"TypeError: expected rows \(a list\) and tasks",
     ),
     broken("export-results-not-json", "export", b"\xff\xfe\x00", "UnicodeDecodeError: 'utf-8' codec"),
     broken("export-results-lacks-keys", "export", b"{}", "KeyError: 'tasks'"),

@@ -181,12 +181,35 @@ def _results_file(run_dir: Path) -> Iterator[None]:
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args, "its table is there once it ends (results.json and report/ are written then)")
     with _results_file(run_dir):
-        console = _report(json.loads((run_dir / RESULTS_FILE).read_bytes()))
+        res = _checked_results(json.loads((run_dir / RESULTS_FILE).read_bytes()))
+    console = _report(res)  # outside: a fault in drawing the table is not the file's
     if args.trials:
         import pandas as pd  # import cost: only --trials reads the parquet
 
         console.print(pd.read_parquet(run_dir / "report" / "trials.parquet").to_string(index=False))
     return 0
+
+
+# What the table reads from each row (results.json as ``LaunchResults.save`` writes it)
+_ROW_KEYS = ("task", "group", "method", "p", "init", "tuned_percent", "val_acc", "test_mean", "test_std",
+             "completed", "pruned", "diverged", "failed")  # fmt: skip
+
+
+def _checked_results(res: Any) -> dict[str, Any]:
+    """``res`` if it has the shape :func:`_report` reads; else the KeyError/TypeError that
+    :func:`_results_file` turns into its one line."""
+    if not isinstance(res, dict) or not isinstance(res["launch_id"], str):
+        raise TypeError("expected an object with a launch_id string")
+    if not isinstance(res["rows"], list) or not isinstance(res["tasks"], dict):
+        raise TypeError("expected rows (a list) and tasks (an object)")
+    for row in res["rows"]:
+        missing = [k for k in _ROW_KEYS if k not in row]
+        if missing:
+            raise KeyError(f"a row lacks {', '.join(missing)}")
+    for task in res["tasks"].values():
+        if not all(isinstance(v["val_acc"], (int, float)) for v in task["per_init"].values()):
+            raise TypeError("per_init val_acc must be numbers")
+    return res
 
 
 def _report(res: dict[str, Any]) -> Any:

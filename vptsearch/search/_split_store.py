@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # how long a worker waits for another one's decode before doing it itself (a VTAB test split of
 # 20k images decodes in ~10 s; a claimer killed mid-decode must not stall the others for long)
 WAIT_S = 120.0
-DEFAULT_SHARE = 0.25  # of the object store memory Ray reports when the store is started
+DEFAULT_SHARE = 0.25  # of a node's object store memory, as Ray reports it when the store starts
 
 
 class DecodedSplits:
@@ -142,8 +142,9 @@ class RaySplitStore:
 
 def start_split_store(capacity_bytes: int | None = None) -> RaySplitStore:
     """Start the launch's store (call on the driver once Ray runs); it ends with the driver's job."""
-    if capacity_bytes is None:
-        capacity_bytes = int(ray.cluster_resources().get("object_store_memory", 2**31) * DEFAULT_SHARE)
+    if capacity_bytes is None:  # of the smallest node's store: the copies live on the actor's node
+        stores = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
+        capacity_bytes = int(min((s for s in stores if s > 0), default=2**31) * DEFAULT_SHARE)
     # threaded (callers block in claim while a split decodes), no CPU taken from the trials; not
     # restarted: a new actor would know no splits, and the workers fall back to decoding anyway
     actor = _Actor.options(

@@ -140,7 +140,8 @@ def recipe(sizes: Sizes) -> str:
     return (
         f"{sizes.epochs} epoch(s) ({sizes.warmup_epochs} warm-up, then cosine), batch {sizes.batch_size}, "
         f"{OPTIMIZER.upper()} momentum 0.9, weight decay 0, `head.norm: {HEAD_NORM}` for every method, "
-        f"the head fitted by the probe's solver before the first step (`head.init: {HEAD_INIT}`), "
+        f"the head fitted by the probe's solver before the first step (`head.init: {HEAD_INIT}`; full "
+        "fine-tuning keeps `nn.Linear`'s draw at the body's lr: from a fitted head it collapsed), "
         f"prompt dropout {PROMPT_DROPOUT} with a mask per sample "
         f"(`training.prompt_dropout_mask: {PROMPT_DROPOUT_MASK}`), "
         f"prompt length {sizes.prompt_length} in the main table, search = grid over {sizes.lr_points} "

@@ -7,9 +7,10 @@
     .venv/bin/python pipelines/reproduce.py --plan           # the launches and the wall-time estimate
     git add docs/results/launches && git commit                # after every sitting: the progress
 
-The full plan (38 launches, 15 epochs, 3 lr values per method x 2 head-lr multiples, 3 seeds, 2
-backbones, 5 tasks) is estimated at ~15.5 h on an idle 2-core machine (``--plan`` prints the estimate per study); it runs the
-launches that decide the claims first, and the same command continues it after any stop.
+The full plan (38 launches, 15 epochs, 3 lr values per method x 2 head-lr multiples but for full
+fine-tuning, 3 seeds, 2 backbones, 5 tasks) is estimated at ~15 h on an idle 2-core machine
+(``--plan`` prints the estimate per study); it runs the launches that decide the claims first, and
+the same command continues it after any stop.
 
 Every experiment is an ordinary search space run by ``vptsearch.search.launch`` (the same preflight,
 Ray Tune + Optuna grid, MLflow tracking, final seeds and export that ``vptsearch launch`` uses):

@@ -316,10 +316,15 @@ def test_plan_specs_validate_and_cover_the_issue(repro, tmp_path: Path) -> None:
         spec = spec_from_dict(plan.spec_dict(lc, plan.FULL, run_dir=str(tmp_path), tracking_uri="sqlite:///x.db",
                                              experiment="repro"))
         assert spec.protocol.final_seeds == (0, 1, 2) and spec.experiment == "repro" and spec.protocol.probe
-        assert spec.search.algorithm == "grid" and spec.search.trials_per_task == 2 * len(lc.lrs) >= 6
         assert spec.params["head.norm"].values == ("batchnorm",)
-        assert spec.params["head.init"].values == ("probe",)
-        assert spec.params["optim.head_lr_scale"].values == (0.1, 1.0)
+        if lc.method == "full":  # the issue-12 head: a fitted one collapsed full fine-tuning
+            assert spec.search.algorithm == "grid" and spec.search.trials_per_task == len(lc.lrs) >= 3
+            assert spec.params["head.init"].values == ("random",)
+            assert spec.params["optim.head_lr_scale"].values == (1.0,)
+        else:
+            assert spec.search.algorithm == "grid" and spec.search.trials_per_task == 2 * len(lc.lrs) >= 6
+            assert spec.params["head.init"].values == ("probe",)
+            assert spec.params["optim.head_lr_scale"].values == (0.1, 1.0)
         assert spec.training.optimizer == "sgd" and spec.training.prompt_dropout_mask == "sample"
         assert spec.training.epochs == plan.FULL.epochs
         assert spec.training.warmup_epochs == plan.FULL.warmup_epochs

@@ -138,6 +138,9 @@ def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change(
     assert "optim.head_lr_scale over [0.1, 1]" in fitted  # the default multiple, 0.1
     fast = probe_gap_warning(rows, {"a/x": {"optim.head_lr_scale": 1.0}, "a/w": {"optim.head_lr_scale": 1}})
     assert fast is not None and "head_lr_scale" not in fast and "prompt.init over spt-*" in fast
+    assert "method full" not in fast
+    full = probe_gap_warning(rows, {"a/x": {"method": "full"}, "a/w": {}})
+    assert full is not None and "for method full set params.head.init: random" in full
     assert probe_gap_warning(rows[1:3], {}) is None
 
 

@@ -133,8 +133,15 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
             if max(scales) < 1
             else ""
         )
+        # full fine-tuning from a fitted head collapsed in the reproduction (docs/search.md)
+        full = (
+            "for method full set params.head.init: random (a fitted head's gradients distort the "
+            "whole backbone), "
+            if any(c.get("method") == "full" for c in configs)
+            else ""
+        )
         hint = (
-            f"the head starts at the probe's fit, so training moved it away: {first}{slow}search "
+            f"the head starts at the probe's fit, so training moved it away: {full}{first}{slow}search "
             "prompt.init over spt-* (random prompts move the features faster than the head follows), "
             "or add the linear method to method's choice (it keeps the fit)"
         )

@@ -139,8 +139,11 @@ def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change(
     fast = probe_gap_warning(rows, {"a/x": {"optim.head_lr_scale": 1.0}, "a/w": {"optim.head_lr_scale": 1}})
     assert fast is not None and "head_lr_scale" not in fast and "prompt.init over spt-*" in fast
     assert "method full" not in fast
-    full = probe_gap_warning(rows, {"a/x": {"method": "full"}, "a/w": {}})
+    full = probe_gap_warning(rows, {"a/x": {"method": "full", "head.init": "probe"}, "a/w": {}})
     assert full is not None and "for method full set params.head.init: random" in full
+    # full fine-tuning's own default head is random: no advice to fit it, none to unfit it
+    full_random = probe_gap_warning(rows, {"a/x": {"method": "full"}, "a/w": {"method": "full"}})
+    assert full_random is not None and "head.init" not in full_random and "lower optim.base_lr" in full_random
     assert probe_gap_warning(rows[1:3], {}) is None
 
 

@@ -96,3 +96,22 @@ def test_a_backbone_has_its_own_cache_and_takes_it_along_when_freed() -> None:
     del first, second
     gc.collect()
     assert len(train._INIT_CACHE) == before - 2  # no id() can name a freed backbone's prompts
+
+
+def test_full_fine_tuning_defaults_to_the_random_head_at_the_bodys_lr() -> None:
+    """A fitted head collapsed full fine-tuning (docs/search.md): its defaults differ, the others'
+    do not, and a value written in the space still wins."""
+    from vptsearch._trial_config import TrialConfig
+    from vptsearch.spec import PARAMS, TrainingConfig
+    from vptsearch.spec._spaces import trial_defaults
+
+    full_defaults = trial_defaults("full")
+    assert (full_defaults["head.init"], full_defaults["optim.head_lr_scale"]) == ("random", 1.0)
+    assert trial_defaults("vpt")["head.init"] == "probe"
+    assert trial_defaults("linear")["optim.head_lr_scale"] == 0.1
+    assert PARAMS["head.init"].default_for("full") == "random"
+    assert PARAMS["head.init"].default_for(None) == "probe"
+    full = TrialConfig.from_sampled({"method": "full", "optim.base_lr": 0.1}, TrainingConfig())
+    assert (full.head_init, full.head_lr_scale) == ("random", 1.0)
+    chosen = TrialConfig.from_sampled({"method": "full", "head.init": "probe"}, TrainingConfig())
+    assert chosen.head_init == "probe"

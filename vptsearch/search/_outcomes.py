@@ -49,8 +49,10 @@ def _winner_summary(cfg: dict[str, Any], trial_id: str) -> dict[str, Any]:
         "best.depth": cfg.get("prompt.depth", "-"),
         "best.base_lr": cfg.get("optim.base_lr"),
         "best.weight_decay": cfg.get("optim.weight_decay"),
-        "best.head_init": cfg.get("head.init", PARAMS["head.init"].default),
-        "best.head_lr_scale": cfg.get("optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default),
+        "best.head_init": cfg.get("head.init", PARAMS["head.init"].default_for(cfg.get("method"))),
+        "best.head_lr_scale": cfg.get(
+            "optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default_for(cfg.get("method"))
+        ),
         "best.trial_id": trial_id,
     }
 

@@ -110,17 +110,27 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
     names = ", ".join(f"{r['task']} ({r['gap_to_probe']:+.1f})" for r in low)
     from vptsearch.spec import PARAMS  # torch-free
 
-    default = PARAMS["head.init"].default
-    unfitted = [r for r in low if best_configs.get(r["task"], {}).get("head.init", default) != "probe"]
+    def default(key: str, config: dict[str, Any]) -> Any:
+        return config.get(key, PARAMS[key].default_for(config.get("method")))
+
+    configs = [best_configs.get(r["task"], {}) for r in low]
+    fitted = [c for c in configs if default("head.init", c) == "probe"]
+    # full fine-tuning trains its random head with the body (its default); the others' random head
+    # is the slow SGD head of issue 12
+    unfitted = [c for c in configs if c not in fitted and c.get("method") != "full"]
     if unfitted:
         hint = (
             "the linear head is likely under-trained (an SGD head from a random start needs far more "
             "epochs than a trial has on these features): set params.head.init: probe"
         )
+    elif not fitted:  # full fine-tuning from its random head
+        hint = (
+            "full fine-tuning moved the features away from what the probe reads: lower optim.base_lr, "
+            "or add the linear method to method's choice (it keeps the fit)"
+        )
     else:  # what moved a fitted head in the measurements (docs/search.md "The head: init and lr")
-        configs = [best_configs.get(r["task"], {}) for r in low]
-        norms = {c.get("head.norm", PARAMS["head.norm"].default) for c in configs}
-        scales = {float(c.get("optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default)) for c in configs}
+        norms = {default("head.norm", c) for c in fitted}
+        scales = {float(default("optim.head_lr_scale", c)) for c in fitted}
         first = (
             "set params.head.norm: standardize (batch statistics move a fitted head), "
             if "batchnorm" in norms
@@ -137,7 +147,7 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
         full = (
             "for method full set params.head.init: random (a fitted head's gradients distort the "
             "whole backbone), "
-            if any(c.get("method") == "full" for c in configs)
+            if any(c.get("method") == "full" for c in fitted)
             else ""
         )
         hint = (

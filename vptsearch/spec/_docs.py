@@ -97,7 +97,10 @@ def params_table() -> str:
     rows = ["| parameter | applies to | default | accepts | meaning |", "|---|---|---|---|---|"]
     for name, d in PARAMS.items():
         applies = "all" if d.methods == METHODS else ", ".join(d.methods)
-        cells = (f"`{name}`", applies, f"`{_value(d.default)}`", _cell(_param_accepts(d)), _cell(d.help))
+        default = f"`{_value(d.default)}`" + "".join(
+            f" ({m}: `{_value(v)}`)" for m, v in d.method_defaults
+        )
+        cells = (f"`{name}`", applies, default, _cell(_param_accepts(d)), _cell(d.help))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

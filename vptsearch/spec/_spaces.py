@@ -39,6 +39,12 @@ class ParamDef:
     help: str
     choices: tuple[str, ...] = ()
     positive: bool = True
+    # (method, default) where a method needs another default than ``default``
+    method_defaults: tuple[tuple[str, Any], ...] = ()
+
+    def default_for(self, method: str | None) -> Any:
+        """The default a trial of ``method`` gets (``default`` unless ``method_defaults`` names it)."""
+        return dict(self.method_defaults).get(method or "", self.default)
 
     @property
     def numeric(self) -> bool:
@@ -93,21 +99,23 @@ PARAMS: dict[str, ParamDef] = {
                           "batch's (docs/search.md, \"The head: init and lr\")", choices=HEAD_NORMS),
     "head.init": ParamDef(str, METHODS, "probe", "how the head starts: `probe` fits it before the first "
                           "step (the probe's standardised logistic regression on the features of the "
-                          "initialised model; LP-FT), `random` timm's nn.Linear draw, `zero` all zeros",
-                          choices=HEAD_INITS),
+                          "initialised model; LP-FT), `random` timm's nn.Linear draw, `zero` all zeros. "
+                          "Full fine-tuning defaults to `random`: from a fitted head it collapsed "
+                          "(docs/search.md)", choices=HEAD_INITS, method_defaults=(("full", "random"),)),
     "optim.base_lr": ParamDef(float, METHODS, 1.0, "sgd: the lr is `base_lr × batch_size / 256`; "
                               "adamw: the lr itself"),
     "optim.weight_decay": ParamDef(float, METHODS, 0.0, "weight decay (decoupled for adamw)",
                                    positive=False),
     "optim.head_lr_scale": ParamDef(float, METHODS, 0.1, "the head's lr as a multiple of the rest's "
-                                    "(prompts, adapters, ...); schedule and weight decay apply to both",
-                                    positive=False),
+                                    "(prompts, adapters, ...); schedule and weight decay apply to both; "
+                                    "full fine-tuning defaults to 1 (its random head trains with the body)",
+                                    positive=False, method_defaults=(("full", 1.0),)),
 }  # fmt: skip
 
 
 def trial_defaults(method: str) -> dict[str, Any]:
     """Defaults of the parameters that apply to ``method`` (filled into configs missing them)."""
-    return {k: d.default for k, d in PARAMS.items() if method in d.methods}
+    return {k: d.default_for(method) for k, d in PARAMS.items() if method in d.methods}
 
 
 # --- a parameter's space ------------------------------------------------------------------------------

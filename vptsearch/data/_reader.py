@@ -136,7 +136,8 @@ def load_split(
     """
     manifest = read_manifest(task, root)
     shards = manifest.split_shards(split)
-    cache_key = (str(manifest.location), split, size, tuple(s.sha256 for s in shards))
+    hashes = tuple(s.sha256 for s in shards)
+    cache_key = (str(manifest.location), split, size, hashes)
     with _CACHE_LOCK:
         hit = _CACHE.get(cache_key)
     if hit is not None:
@@ -145,7 +146,7 @@ def load_split(
     if store is None:
         images, labels = _decode_split(manifest, shards, split, size, verify)
     else:
-        key = split_key(manifest.task.name, split, size, cache_key[3])
+        key = split_key(manifest.task.name, split, size, hashes)
         images, labels = store.fetch(key, lambda: _decode_split(manifest, shards, split, size, verify))
     with warnings.catch_warnings():  # a shared split is read-only memory; the loaders only index it
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

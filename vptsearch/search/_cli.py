@@ -191,8 +191,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # What the table reads from each row (results.json as ``LaunchResults.save`` writes it)
-_ROW_KEYS = ("task", "group", "method", "p", "init", "tuned_percent", "val_acc", "test_mean", "test_std",
-             "completed", "pruned", "diverged", "failed")  # fmt: skip
+_ROW_KEYS = (
+    "task",
+    "group",
+    "method",
+    "p",
+    "init",
+    "tuned_percent",
+    "val_acc",
+    "test_mean",
+    "test_std",
+    "completed",
+    "pruned",
+    "diverged",
+    "failed",
+)
 
 
 def _checked_results(res: Any) -> dict[str, Any]:

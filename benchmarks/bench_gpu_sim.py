@@ -4,10 +4,14 @@
     python benchmarks/bench_gpu_sim.py --smoke    # 2 slots, 2 tasks x 3 trials of 12 epochs: seconds
     python benchmarks/bench_gpu_sim.py --storage local --trials-per-task 10
 
-What runs for real: the search phase of a launch, i.e. ``_phases.run_tuner`` (one ``tune.Tuner``
-with the launch's TuneConfig/RunConfig: reuse_actors, FailureConfig, CheckpointConfig num_to_keep=1)
+What runs for real: the search and final phases of a launch, i.e. ``_phases.run_tuner`` (a
+``tune.Tuner`` with the launch's TuneConfig/RunConfig: reuse_actors, FailureConfig, checkpoints)
 with ``build_searcher`` (one seeded TPE per task, Optuna journal), ``build_scheduler`` (per-task
-ASHA, grace 10, reduction 3: vtab_deep.yaml), the launch's callbacks (Ray metrics, MLflow through
+ASHA, grace 10, reduction 3: vtab_deep.yaml), then each task's winner with the 3 final seeds (100
+epochs on train800 + val200, the 2 000-image test split once at the end): mode ``new`` runs them
+in the search's Tuner as each task's search ends (``FinalsAfterSearch``), the other modes in a
+second Tuner after the whole search, as the launch did before (``--search-only``: no finals, the
+figure published before they were part of it). The launch's callbacks (Ray metrics, MLflow through
 the durable spool and its background writer into a sqlite store, progress lines) and Tune storage
 from ``launch_storage``: the local run dir, or ``s3://`` through moto's S3 server (a separate
 process on 127.0.0.1, as tests/search/test_storage.py uses it). Ray sees ``--slots`` GPUs and every
@@ -49,7 +53,9 @@ core shortage, not the engine):
   (timed at start: the real ``build_model`` with a backbone that is not frozen, minus the frozen one)
   and its H2D copy; new: shared, one H2D copy per worker.
 
-Platform efficiency = simulated compute seconds (GPU train + eval) / (Tuner wall seconds x slots).
+Platform efficiency = simulated compute seconds (GPU train + eval) / (Tuner wall seconds x slots);
+a slot is the simulated GPU Ray gave the trial (the same 16 in both Tuners of the old layout, whose
+switch from the search's Tuner to the final one counts as time between trials).
 ``steady_efficiency`` leaves out each slot's time before its first trial started (16 Ray workers
 importing torch on 2 cores: minutes here, seconds on a GPU node). The breakdown splits the slot-seconds
 (sums to 1): compute, model build, data, host sync, eval bookkeeping, checkpoint (state snapshot,
@@ -83,7 +89,8 @@ import sys
 import tempfile
 import time
 import zlib
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +117,7 @@ ANCHOR_EPOCH_S = 2 * 2 * DEPTH * (12 * _N * DIM**2 + 2 * _N**2 * DIM) * ANCHOR_I
 H2D_BYTES_PER_S = 10e9  # pageable host->device copy, PCIe 4.0 x16
 SYNC_S = 30e-6  # one host read of a device scalar: queue drain + D2H + the next launch
 TRAIN_IMAGES, VAL_IMAGES, IMAGE_BYTES = 800, 200, 3 * 224 * 224
+TEST_IMAGES = 2_000  # a final trial's one test pass (VTAB-1k test splits: ~700 to 22 000 images)
 SPLIT_STORE_BYTES = 8 * 2**30  # 19 tasks' train800 + val200 at 224 px: 2.9 GB
 
 
@@ -157,6 +165,7 @@ def _until(t: float) -> None:
 def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -> None:
     """One trial as ``run_trial`` runs it, compute replaced by waits (see the module docstring)."""
     import numpy as np
+    import ray
     import torch
     from ray import tune
 
@@ -178,9 +187,15 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
     b: dict[str, float] = defaultdict(float)
     timings_file = Path(sim["timings_dir"]) / f"{tune.get_context().get_trial_id()}.json"
 
+    # the slot is the simulated GPU Ray gave the trial: the same 16 across a launch's Tuners
+    slot = next(iter(ray.get_gpu_ids()), os.getpid())
+    final = config.get("phase", "search") == "final"  # trains on train+val, tests once at the end
+    train_images = TRAIN_IMAGES + (VAL_IMAGES if final else 0)
+
     def flush() -> None:  # after every report: a trial stopped by ASHA never returns from one
         b["end"] = time.time()
-        timings_file.write_text(json.dumps({"start": t_start, "pid": os.getpid(), **b}))
+        timings_file.write_text(json.dumps({"start": t_start, "pid": os.getpid(), "slot": slot,
+                                            "phase": config.get("phase", "search"), **b}))  # fmt: skip
 
     # model build: the backbone once per worker, old: a deep copy + H2D per trial; new: shared
     t0 = now()
@@ -209,7 +224,8 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
     t0 = now()
     host = _WORKER.setdefault("host", set())
     dev: OrderedDict[tuple[str, str], None] = _WORKER.setdefault("device", OrderedDict())
-    for split, n in (("train800", TRAIN_IMAGES), ("val200", VAL_IMAGES)):
+    tests = (("test", TEST_IMAGES),) if final else ()  # decoded like the others, kept on the host
+    for split, n in (("train800", TRAIN_IMAGES), ("val200", VAL_IMAGES), *tests):
         key = (config["task"], split)
         if key not in host:
             t1 = now()
@@ -229,7 +245,7 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
             b["split_first_touches"] += 1
             b["first_touch"] += now() - t1
             host.add(key)
-        if not old:
+        if not old and split != "test":
             if key in dev:
                 dev.move_to_end(key)
             else:
@@ -242,7 +258,7 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
 
     step_s, eval_s = epoch_seconds(p, sim["anchor_epoch_s"])
     batch = tr.batch_size
-    sizes = [min(batch, TRAIN_IMAGES - s) for s in range(0, TRAIN_IMAGES, batch)]
+    sizes = [min(batch, train_images - s) for s in range(0, train_images, batch)]
     total_steps, warmup = tr.epochs * len(sizes), tr.warmup_epochs * len(sizes)
     quality = (zlib.crc32(f"{config['prompt.length']},{config['optim.base_lr']},"
                           f"{config['optim.weight_decay']}".encode()) % 1000) / 1000.0  # fmt: skip
@@ -274,20 +290,32 @@ def sim_trainable(config: dict[str, Any], spec_json: str, sim: dict[str, Any]) -
             t0 = now()
             time.sleep(SYNC_S)  # the epoch's one read of the loss/accuracy sums and divergence flag
             b["host_sync"] += now() - t0
-        b["compute"] += step_s
-        b["train_loop_other"] += now() - t_epoch - step_s - (b["data"] + b["host_sync"] - before)
-        t_eval = now()  # val200: one batch (eval_batch_size 256)
-        if old:
-            time.sleep(VAL_IMAGES * (sim["normalise_s_per_image"] + IMAGE_BYTES * 4 / H2D_BYTES_PER_S))
-        _until(now() + eval_s)
-        time.sleep(2 * SYNC_S if old else SYNC_S)
-        b["compute"] += eval_s
-        b["eval_bookkeeping"] += now() - t_eval - eval_s
+        train_s = step_s * train_images / TRAIN_IMAGES
+        b["compute"] += train_s
+        b["train_loop_other"] += now() - t_epoch - train_s - (b["data"] + b["host_sync"] - before)
         val = quality * (1 - math.exp(-epoch / 20))
-        metrics = {"phase": "search", "seed": int(config.get("seed", 0)), "tuned_percent": 0.1,
-                   "epoch": epoch, "lr": opt.param_groups[0]["lr"], "diverged": 0,
-                   "train_loss": 2.0 - val, "train_acc": val, "val_acc": val, "val_loss": 2.0 - val,
-                   "epoch_seconds": now() - t_epoch}  # fmt: skip
+        metrics = {"phase": config.get("phase", "search"), "seed": int(config.get("seed", 0)),
+                   "tuned_percent": 0.1, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "diverged": 0,
+                   "train_loss": 2.0 - val, "train_acc": val}  # fmt: skip
+        if not final or epoch == tr.epochs:
+            # search: val200 every epoch (one batch of eval_batch_size 256); final: the test split
+            # once, from the host (as _trial_loop keeps it)
+            images = TEST_IMAGES if final else VAL_IMAGES
+            t_eval, gpu_s = now(), eval_s * images / VAL_IMAGES
+            if old:  # host normalise + copy while the GPU waits (counted as eval bookkeeping)
+                time.sleep(images * (sim["normalise_s_per_image"] + IMAGE_BYTES * 4 / H2D_BYTES_PER_S))
+            t0 = now()
+            if final and not old:  # the uint8 test split's copy to the device
+                time.sleep(images * IMAGE_BYTES / H2D_BYTES_PER_S)
+            copy_s = now() - t0
+            b["data"] += copy_s
+            _until(now() + gpu_s)
+            time.sleep(2 * SYNC_S if old else SYNC_S)
+            b["compute"] += gpu_s
+            b["eval_bookkeeping"] += now() - t_eval - gpu_s - copy_s
+            metrics.update({"test_acc": val, "test_loss": 2.0 - val} if final else
+                           {"val_acc": val, "val_loss": 2.0 - val})  # fmt: skip
+        metrics["epoch_seconds"] = now() - t_epoch
         history.append(metrics)
         t0 = now()
         b["reports"] += 1
@@ -429,10 +457,11 @@ def _spec(args: argparse.Namespace, mode: str, root: Path, storage: str | None) 
 
 def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, Any],
             s3_uri: str | None) -> dict[str, Any]:  # fmt: skip
-    """The search phase of a launch with the simulated trainable; its wall time and where it went."""
+    """A launch's search (and final) phase with the simulated trainable; its wall time and where it went."""
     from ray.tune.execution.tune_controller import TuneController
 
     from vptsearch.search import _phases
+    from vptsearch.search._final_queue import FinalsAfterSearch
     from vptsearch.search._metrics import MetricsCallback
     from vptsearch.search._scheduler import PerTaskScheduler, build_scheduler
     from vptsearch.search._searcher import MultiTaskSearcher, build_searcher, trial_status
@@ -450,6 +479,7 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
     _costs = _load("_driver_costs")
     driver: dict[str, float] = defaultdict(float)
     targets = {
+        # the search's searcher (inside FinalsAfterSearch in mode new: its own work is counted there)
         "searcher": [(MultiTaskSearcher, m) for m in ("suggest", "on_trial_result", "on_trial_complete")],
         "scheduler": [(PerTaskScheduler, m) for m in ("on_trial_result", "on_trial_complete",
                                                        "choose_trial_to_run")],
@@ -474,15 +504,21 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
         timings = root / "timings"
         timings.mkdir()
         sim = {**calib, "mode": mode, "anchor_epoch_s": args.epoch_seconds, "timings_dir": str(timings)}
-        searcher = build_searcher(spec, tasks, journal=run_dir / "optuna.journal")
+        searcher: Any = build_searcher(spec, tasks, journal=run_dir / "optuna.journal")
         budget = sum(searcher.budgets.values())
-        epochs = spec.training.epochs
-        callbacks = [
-            MetricsCallback("search", epochs, tasks),
-            TrackingCallback(uri, spec.experiment, None, launch_id, parents, epochs, resume=False,
-                             run_dir=run_dir),
-            ProgressCallback(budget, epochs, "search"),
-        ]
+        epochs, seeds = spec.training.epochs, spec.protocol.final_seeds
+        # new: each task's finals in the search's Tuner once its search ends; the other modes: a
+        # second Tuner after the whole search (the launch before that); --search-only: no finals
+        in_search = mode == "new" and not args.search_only
+        finals = len(tasks) * len(seeds) if in_search else 0
+        if in_search:
+            searcher = FinalsAfterSearch(searcher, seeds, epochs)
+
+        def callbacks(phase: str, n: int, finals: int = 0) -> list:
+            return [MetricsCallback(phase, epochs, tasks),
+                    TrackingCallback(uri, spec.experiment, None, launch_id, parents, epochs, resume=False,
+                                     run_dir=run_dir),
+                    ProgressCallback(n, epochs, phase, finals)]  # fmt: skip
         # the old launch path: Tune prunes checkpoints (num_to_keep=1) and stages one trial at a time
         old_platform = mode in OLD_PLATFORM
         # new: the launch's decoded-split store, sized as on a GPU node (a quarter of its object store
@@ -494,7 +530,10 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
         with _swapped_trainable(sim), timed(targets, driver), contextlib.redirect_stdout(sys.stderr), \
                 _costs.driver_events(events):  # fmt: skip
             t0 = time.time()
-            results = _phases.run_tuner(setup, "search", searcher, build_scheduler(spec), budget, callbacks)
+            cbs, n = callbacks("search", budget, finals), budget + finals
+            results = list(_phases.run_tuner(setup, "search", searcher, build_scheduler(spec), n, cbs))
+            if not in_search and not args.search_only:
+                results += _final_tuner(setup, results, callbacks)
             wall = time.time() - t0
         t_drain = time.perf_counter()
         unsynced = tracker.close()
@@ -504,14 +543,34 @@ def one_run(args: argparse.Namespace, mode: str, storage: str, calib: dict[str, 
             statuses[trial_status(r.metrics, epochs, r.error is not None)] += 1
         trials = [json.loads(f.read_text()) for f in timings.glob("*.json")]
         stored = _stored_bytes(store)
+    errored = sum(1 for r in results if r.error is not None)
     out = _account(args, mode, storage, wall, t0, trials, dict(statuses), dict(driver), drain_s, unsynced,
-                   results.num_errors, stored)  # fmt: skip
+                   errored, stored)  # fmt: skip
     costs = _costs.per_event(events, len(trials))
     per_s = round(costs["results"] / max(1e-9, wall), 1)
     out["driver_costs"] = {**costs, "results_per_s": per_s, "events": events}
     snap = out["driver_components_s"].get("experiment_snapshot", 0.0)
     out["snapshot_share_of_driver"] = round(snap / max(1e-9, wall), 4)
     return out
+
+
+def _final_tuner(setup: Any, search_results: list, callbacks: Callable[[str, int], list]) -> list:
+    """The final phase in its own Tuner after the whole search, as the launch ran it before each
+    task's finals started in the search's Tuner (``Launch.final``)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from vptsearch.search import _phases
+    from vptsearch.search._protocol import final_configs, select
+    from vptsearch.search._searcher import MultiTaskSearcher
+
+    spec = setup.spec
+    records = _phases.trial_records(search_results, spec.training.epochs)
+    fixed = final_configs(select(records, list(spec.suite)), spec.protocol.final_seeds)
+    n_final = sum(len(c) for c in fixed.values())
+    searcher = MultiTaskSearcher(None, {t: len(c) for t, c in fixed.items()}, spec.search.max_concurrent,
+                                 fixed=fixed, metric=None)  # fmt: skip
+    final_cbs = callbacks("final", n_final)
+    return list(_phases.run_tuner(setup, "final", searcher, FIFOScheduler(), n_final, final_cbs))
 
 
 def _stored_bytes(store: Any) -> int:
@@ -534,8 +593,8 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
     sums = {k: sum(t.get(k, 0.0) for t in trials) for k in BUCKETS}
     busy = sum(t["end"] - t["start"] for t in trials)
     first = defaultdict(lambda: math.inf)
-    for t in trials:
-        first[t["pid"]] = min(first[t["pid"]], t["start"])
+    for t in trials:  # per slot (a simulated GPU): the same 16 across the search and final Tuners
+        first[t["slot"]] = min(first[t["slot"]], t["start"])
     # slots whose worker never ran a trial wait from t0 to the end; the others until their first start
     startup = sum(f - t0 for f in first.values()) + (args.slots - len(first)) * wall
     startup = max(0.0, min(startup, slot_s - busy))
@@ -543,11 +602,11 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
     sums["worker_startup"] = startup
     # a slot idles between its trials (the driver's handling of one trial's end and the next's
     # start), then after its last trial until the run ends (nothing left to start: the search's tail)
-    by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_slot: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for t in trials:
-        by_pid[t["pid"]].append(t)
+        by_slot[t["slot"]].append(t)
     gaps = []
-    for runs in by_pid.values():
+    for runs in by_slot.values():
         runs.sort(key=lambda t: t["start"])
         gaps += [max(0.0, b["start"] - a["end"]) for a, b in itertools.pairwise(runs)]
     sums["between_trials"] = min(sum(gaps), slot_s - busy - startup)
@@ -562,6 +621,7 @@ def _account(args: argparse.Namespace, mode: str, storage: str, wall: float, t0:
         "mode": mode,
         "storage": storage,
         "trials": n,
+        "trials_by_phase": dict(sorted(Counter(t.get("phase", "search") for t in trials).items())),
         "statuses": statuses,
         "errored": errored,
         "wall_s": round(wall, 2),
@@ -676,6 +736,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--report-every-s", type=float, default=5.0,
                     help="new: training.report_every_s (the trial's progress-result interval)")
     ap.add_argument("--calibration-model", default="vit_base_patch16_224")
+    ap.add_argument("--search-only", action="store_true",
+                    help="the search phase alone, as measured before finals ran in it (no final trials)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.slots, args.tasks, args.trials_per_task, args.epochs, args.grace = 2, 2, 2, 6, 2

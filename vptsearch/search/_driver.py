@@ -27,8 +27,16 @@ from vptsearch.data import data_root, get_task, resolve_tasks
 from vptsearch.probe import launch_probes
 from vptsearch.search import _cluster, _metrics, _monitor, _preflight, _report, _runlock, _tune_state
 from vptsearch.search._export import bundles_line, export_bundles
+from vptsearch.search._final_queue import FinalsAfterSearch, check_finals, expected_finals
 from vptsearch.search._outcomes import log_bundles, log_task_outcomes
-from vptsearch.search._phases import LaunchInterrupted, TuneSetup, final_runs, run_tuner, trial_records
+from vptsearch.search._phases import (
+    LaunchInterrupted,
+    TuneSetup,
+    final_runs,
+    finals_in_search,
+    run_tuner,
+    trial_records,
+)
 from vptsearch.search._protocol import TaskSelection, TrialRecord, final_configs, select
 from vptsearch.search._results import FinalRun, LaunchResults, LaunchSummary, collect
 from vptsearch.search._resume_check import resume_spec
@@ -235,8 +243,9 @@ class Launch:
                     "(a local Prometheus, docs/search.md)")
         say(f"  Tune storage:   {self.store.uri}")
 
-    def _callbacks(self, phase: str, n_trials: int) -> list:
-        """Ray metrics, MLflow logging and progress lines of one phase's trials."""
+    def _callbacks(self, phase: str, n_trials: int, finals: int = 0) -> list:
+        """Ray metrics, MLflow logging and progress lines of one phase's trials (and of up to
+        ``finals`` final trials run in the same experiment)."""
         epochs, spec = self.spec.training.epochs, self.spec
         return [
             _metrics.MetricsCallback(phase, epochs, self.tasks),  # on the module: a test records it
@@ -244,18 +253,28 @@ class Launch:
                 self.uri, spec.experiment, None, self.launch_id, self.parents, epochs, resume=self.resume,
                 run_dir=self.run_dir,
             ),
-            ProgressCallback(n_trials, epochs, phase),
+            ProgressCallback(n_trials, epochs, phase, finals),
             *_tune_state.state_guard(self.store, phase, self.resume),  # Tune state's last good copy
         ]
 
-    def search(self) -> list[TrialRecord]:
-        """The search phase: every task's trials in one Tune experiment; its trial records."""
-        spec = self.spec
-        searcher = build_searcher(spec, self.tasks, journal=self.run_dir / "optuna.journal")
+    def search(self) -> tuple[list[TrialRecord], dict[str, dict[int, FinalRun]]]:
+        """The search phase: every task's trials in one Tune experiment, and there each task's final
+        trials as soon as its search has ended (_final_queue); its trial records and those finals."""
+        spec, epochs, seeds = self.spec, self.spec.training.epochs, self.spec.protocol.final_seeds
+        searcher: Any = build_searcher(spec, self.tasks, journal=self.run_dir / "optuna.journal")
         budget = sum(searcher.budgets.values())
-        callbacks = self._callbacks("search", budget)
-        results = run_tuner(self.setup, "search", searcher, build_scheduler(spec), budget, callbacks)
-        return trial_records(results, spec.training.epochs)
+        finals = len(self.tasks) * len(seeds) if finals_in_search(self.setup) else 0
+        if finals:
+            searcher = FinalsAfterSearch(searcher, seeds, epochs)
+
+        def expected(results: Any) -> int:  # the search's trials, then its winners' finals
+            winners = select(trial_records(results, epochs), self.tasks)
+            return budget + (expected_finals(winners, seeds) if finals else 0)
+
+        callbacks = self._callbacks("search", budget, finals)
+        results = run_tuner(self.setup, "search", searcher, build_scheduler(spec), budget + finals, callbacks,
+                            expected)  # fmt: skip
+        return trial_records(results, epochs), final_runs(results, self.run_dir, epochs)
 
     def final(self, selection: dict[str, TaskSelection]) -> dict[str, dict[int, FinalRun]]:
         """The best configuration of every task with each final seed on train+val, tested once."""
@@ -292,13 +311,14 @@ class Launch:
         # each split decoded once per launch, not once per worker (both phases share the store)
         splits = start_split_store()
         self.setup = TuneSetup(self.spec, self.run_dir, self.store, backbone, self.resume, splits)
-        records = self.search()
+        records, finals = self.search()
         selection = select(records, self.tasks)
         trials = [dataclasses.asdict(r) for r in records]
-        finals: dict[str, dict[int, FinalRun]] = {}
         results: LaunchResults | None = None
         try:
-            finals = self.final(selection)
+            check_finals(selection, {t: [run.config for run in runs.values()] for t, runs in finals.items()})
+            if not finals:  # a launch folder whose search ran before finals ran in it: a final phase
+                finals = self.final(selection)
             results = self._collect(selection, finals)
             self._probe(results)
             results.save(self.run_dir)

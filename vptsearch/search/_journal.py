@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -132,3 +132,11 @@ class WorkingCopyJournalStorage(JournalStorageHooks):
 def journal_batch(storage: BaseStorage | None) -> contextlib.AbstractContextManager[None]:
     """``storage``'s :meth:`WorkingCopyJournalStorage.batch`, or nothing for other storages."""
     return storage.batch() if isinstance(storage, WorkingCopyJournalStorage) else contextlib.nullcontext()
+
+
+def sync_working_copies(storages: Iterable[BaseStorage | None]) -> None:
+    """Write out every working-copy journal among ``storages``, each once (one storage backs every
+    study of a launch)."""
+    for storage in {id(s): s for s in storages}.values():
+        if isinstance(storage, WorkingCopyJournalStorage):
+            storage.sync()

@@ -22,6 +22,7 @@ from vptsearch.search._result_keys import trial_status
 
 log = logging.getLogger("vptsearch")
 TAG_KEYS = ("task", "phase")
+Key = tuple[str, str]  # (task, phase)
 COUNTS = ("running", "completed", "pruned", "diverged", "failed")
 NAMES = {**{k: f"vptsearch_trials_{k}" for k in COUNTS}, "best_val_acc": "vptsearch_best_val_acc"}
 _HELP = {
@@ -54,7 +55,7 @@ class MetricsCallback(Callback):
         self.max_epochs = max_epochs
         self.tasks = list(tasks)
         self.values: dict[tuple[str, str, str], float] = {}
-        self._publish({t: dict.fromkeys(COUNTS, 0) for t in self.tasks}, {})
+        self._publish({(t, phase): dict.fromkeys(COUNTS, 0) for t in self.tasks}, {})
 
     def _task(self, trial: Any) -> str | None:
         return (trial.config or {}).get("task")
@@ -65,13 +66,15 @@ class MetricsCallback(Callback):
         ``ended``: a trial Tune reports complete while its status still reads RUNNING (Tune calls
         ``on_trial_complete`` before it marks the trial TERMINATED).
         """
-        counts: dict[str, dict[str, int]] = {t: dict.fromkeys(COUNTS, 0) for t in self.tasks}
-        best: dict[str, float] = {}
+        counts: dict[Key, dict[str, int]] = {(t, self.phase): dict.fromkeys(COUNTS, 0) for t in self.tasks}
+        best: dict[Key, float] = {}
         for trial in trials:
             task = self._task(trial)
             if task is None:
                 continue
-            c = counts.setdefault(task, dict.fromkeys(COUNTS, 0))
+            # final trials run in the search's experiment as each task's search ends (_final_queue)
+            key = (task, (trial.config or {}).get("phase", self.phase))
+            c = counts.setdefault(key, dict.fromkeys(COUNTS, 0))
             state = "TERMINATED" if trial is ended and trial.status == "RUNNING" else trial.status
             if state in ("RUNNING", "PAUSED"):
                 c["running"] += 1
@@ -80,21 +83,21 @@ class MetricsCallback(Callback):
                 c[status] += 1
                 acc = (trial.last_result or {}).get("val_acc")
                 if status == "completed" and acc is not None:
-                    best[task] = max(best.get(task, float("-inf")), float(acc))
+                    best[key] = max(best.get(key, float("-inf")), float(acc))
         self._publish(counts, best)
 
-    def _publish(self, counts: dict[str, dict[str, int]], best: dict[str, float]) -> None:
+    def _publish(self, counts: dict[Key, dict[str, int]], best: dict[Key, float]) -> None:
         g = gauges()
-        for task, c in counts.items():
-            tags = {"task": task, "phase": self.phase}
+        for (task, phase), c in counts.items():
+            tags = {"task": task, "phase": phase}
             for k, v in c.items():
-                self.values[(k, task, self.phase)] = float(v)
+                self.values[(k, task, phase)] = float(v)
                 if g is not None:
                     g[k].set(float(v), tags=tags)
-        for task, acc in best.items():
-            self.values[("best_val_acc", task, self.phase)] = acc
+        for (task, phase), acc in best.items():
+            self.values[("best_val_acc", task, phase)] = acc
             if g is not None:
-                g["best_val_acc"].set(acc, tags={"task": task, "phase": self.phase})
+                g["best_val_acc"].set(acc, tags={"task": task, "phase": phase})
 
     # Tune hooks: every state change of a trial
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

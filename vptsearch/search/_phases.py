@@ -1,15 +1,19 @@
 """One Tune phase of a launch (``search`` or ``final``): its Tuner, fresh or restored, and what it left.
 
 All tasks share one Tune experiment per phase (see :mod:`vptsearch.search._searcher` for why),
-stored under the launch's Tune storage so ``--resume`` restores it with its searcher state.
+stored under the launch's Tune storage so ``--resume`` restores it with its searcher state. The
+search's experiment also runs each task's final trials once that task's search has ended
+(:mod:`vptsearch.search._final_queue`); the ``final`` phase's own Tuner is left for a launch
+folder whose search ran before that (or a benchmark of the launch path as it was).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 from ray import tune
 from safetensors.torch import save_file
 
+from vptsearch._atomic import write_atomic
 from vptsearch._errors import VptsearchError
 from vptsearch.search import _bundle, _trainable, _trial_failures
 from vptsearch.search._checkpoints import CheckpointPruner
@@ -27,6 +32,10 @@ from vptsearch.search._results import FinalRun
 from vptsearch.search._scheduler import PerTaskScheduler
 from vptsearch.search._storage import Storage, launch_storage
 from vptsearch.spec import SearchSpec
+
+# in the run dir: how the launch's phases run (``{"finals_in_search": true}``: each task's finals in
+# the search's experiment); a launch folder without it ran its finals in a final phase of their own
+PHASES_FILE = "phases.json"
 
 
 class LaunchInterrupted(VptsearchError):
@@ -70,24 +79,29 @@ class TuneSetup:
     # measure the launch path as it was with them): ``num_to_keep`` and ``TUNE_MAX_PENDING_TRIALS_PG``
     tune_num_to_keep: int | None = None
     max_pending_trials: int | None = None
+    # each task's final trials start in the search's experiment when its search ends (_final_queue);
+    # False: a second Tuner runs every final after the last search trial (the launch before that)
+    finals_in_search: bool = True
 
 
 def run_tuner(
-    setup: TuneSetup, name: str, searcher: Any, scheduler: Any, num_samples: int, callbacks: list
-) -> tune.ResultGrid:
+    setup: TuneSetup, name: str, searcher: Any, scheduler: Any, num_samples: int, callbacks: list,
+    expected: Callable[[tune.ResultGrid], int] | None = None,
+) -> tune.ResultGrid:  # fmt: skip
     """Run (or, with ``setup.resume``, restore and finish) the phase ``name``; its results.
 
-    Raises :class:`LaunchInterrupted` when fewer than ``num_samples`` trials really ended.
+    Raises :class:`LaunchInterrupted` when fewer trials really ended than ``expected(results)``
+    (default ``num_samples``, Tune's limit: a search that runs its finals too knows how many it
+    runs only from the winners its trials gave).
     """
     # local run dir, NFS, or a pyarrow filesystem (S3)
-    store = setup.store or launch_storage(setup.spec, setup.run_dir)
-    path = f"{store.path}/{name}"
+    store, path = _experiment(setup, name)
     # looked up on the module: the benchmarks swap in a stand-in trainable
     trainable = _trainable.make_trainable(setup.spec, setup.backbone, setup.splits)
     # the launch keeps each trial's newest checkpoint (see _checkpoints: Tune's num_to_keep forces
     # an experiment snapshot per checkpoint)
     pruner = [CheckpointPruner()] if setup.tune_num_to_keep is None else []
-    if setup.resume and tune.Tuner.can_restore(path, storage_filesystem=store.fs):
+    if restores(setup, name):
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True,
             storage_filesystem=store.fs,
@@ -125,12 +139,34 @@ def run_tuner(
             raise LaunchInterrupted(name, _ended_on_disk(path, trainable, store, epochs), num_samples,
                                     cause=cause) from None  # fmt: skip
     finished = finished_trials(results, epochs)
+    want = num_samples if expected is None else expected(results)
     killed = _trial_failures.memory_stop(results, setup.spec.training.max_failures)
     if killed is not None:  # retries spent: --resume restores them (resume_errored) once memory allows
-        raise LaunchInterrupted(name, finished - killed[0], num_samples, cause=killed[1])
-    if finished < num_samples:
-        raise LaunchInterrupted(name, finished, num_samples)
+        raise LaunchInterrupted(name, finished - killed[0], want, cause=killed[1])
+    if finished < want:
+        raise LaunchInterrupted(name, finished, want)
     return results
+
+
+def _experiment(setup: TuneSetup, name: str) -> tuple[Storage, str]:
+    store = setup.store or launch_storage(setup.spec, setup.run_dir)
+    return store, f"{store.path}/{name}"
+
+
+def restores(setup: TuneSetup, name: str) -> bool:
+    """Whether :func:`run_tuner` restores the phase ``name`` (resuming, and Tune saved its state)."""
+    store, path = _experiment(setup, name)
+    return setup.resume and tune.Tuner.can_restore(path, storage_filesystem=store.fs)
+
+
+def finals_in_search(setup: TuneSetup) -> bool:
+    """Whether the search's experiment runs each task's finals (:mod:`._final_queue`): yes for a
+    search started now (``setup.finals_in_search``); a restored one only if it was started so
+    (``PHASES_FILE``: a launch folder from before has none, and its final phase runs on its own)."""
+    mark = setup.run_dir / PHASES_FILE
+    if setup.finals_in_search and not restores(setup, "search"):
+        write_atomic(mark, json.dumps({"finals_in_search": True}))
+    return mark.is_file() and bool(json.loads(mark.read_text()).get("finals_in_search"))
 
 
 def _ended_on_disk(path: str, trainable: Any, store: Storage, max_epochs: int) -> int:
@@ -216,10 +252,15 @@ def _quiet_tune_restore_hint() -> Iterator[None]:
         tune_log.removeFilter(f)
 
 
+def _of_phase(results: Any, phase: str) -> list[Any]:
+    """The results of ``phase``'s trials (a search experiment runs its tasks' finals too)."""
+    return [r for r in results if dict(r.config).get("phase", "search") == phase]
+
+
 def trial_records(results: Any, max_epochs: int) -> list[TrialRecord]:
     """The search phase's trials as the protocol selects on them."""
     out = []
-    for r in results:
+    for r in _of_phase(results, "search"):
         last = dict(r.metrics or {})
         trial_id = last.get("trial_id") or Path(r.path).name
         out.append(TrialRecord.from_result(trial_id, dict(r.config), last, r.error is not None, max_epochs))
@@ -229,7 +270,7 @@ def trial_records(results: Any, max_epochs: int) -> list[TrialRecord]:
 def final_runs(results: Any, run_dir: Path, max_epochs: int) -> dict[str, dict[int, FinalRun]]:
     """Per task and seed: status, test accuracy and the saved trained tensors (safetensors)."""
     out: dict[str, dict[int, FinalRun]] = {}
-    for r in results:
+    for r in _of_phase(results, "final"):
         cfg, last = dict(r.config), dict(r.metrics or {})
         task, seed = cfg["task"], int(cfg["seed"])
         run = FinalRun(trial_status(last, max_epochs, r.error is not None), last.get("test_acc"), cfg)

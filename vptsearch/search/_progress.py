@@ -15,10 +15,17 @@ from vptsearch.search._result_keys import trial_status
 
 
 class ProgressCallback(tune.Callback):
-    """One concise line per finished trial (Tune's own tables are silenced: verbose=0)."""
+    """One concise line per finished trial (Tune's own tables are silenced: verbose=0).
 
-    def __init__(self, total: int, max_epochs: int, phase: str) -> None:
+    ``total`` trials of ``phase``; ``finals`` (at most that many) final trials run in the same
+    experiment as the search (:mod:`vptsearch.search._final_queue`) and are counted apart.
+    """
+
+    finals, finals_done = 0, 0  # class defaults: a callback pickled before finals ran in the search
+
+    def __init__(self, total: int, max_epochs: int, phase: str, finals: int = 0) -> None:
         self.total, self.max_epochs, self.phase, self.done = total, max_epochs, phase, 0
+        self.finals = finals
         self.t0 = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -28,8 +35,17 @@ class ProgressCallback(tune.Callback):
         self.__dict__.update(state)
         self.t0 = time.monotonic()
 
+    def _count(self, trial: Any) -> str:
+        """``phase done/total`` of the trial's phase, counting it."""
+        phase = trial.config.get("phase", self.phase)
+        if phase == self.phase or not self.finals:
+            self.done += 1
+            return f"{self.phase} {self.done}/{self.total}"
+        self.finals_done += 1
+        return f"{phase} {self.finals_done}/{self.finals}"
+
     def _line(self, trial: Any, error: bool) -> None:
-        self.done += 1
+        count = self._count(trial)
         last = trial.last_result or {}
         status = trial_status(last, self.max_epochs, error)
         cfg = trial.config
@@ -41,9 +57,9 @@ class ProgressCallback(tune.Callback):
         score = (
             f"test {last['test_acc']:.3f}"
             if "test_acc" in last
-            else f"val {last.get('val_acc', float('nan')):.3f}"
+            else f"val {_num(last.get('val_acc')):.3f}"
         )
-        head = f"  [{self.phase} {self.done}/{self.total} {time.monotonic() - self.t0:5.0f}s]"
+        head = f"  [{count} {time.monotonic() - self.t0:5.0f}s]"
         why = f": {last['error']}" if last.get("error") else ""  # bad data/config: not retried
         print(
             f"{head} {cfg.get('task')} seed {cfg.get('seed', 0)}: {status} after {last.get('epoch', 0)} "
@@ -56,3 +72,7 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, error=True)
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)

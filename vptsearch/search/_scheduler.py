@@ -2,7 +2,8 @@
 
 A single ``ASHAScheduler`` over all tasks would compare, say, dSprites accuracies with digits
 accuracies in the same rung. :class:`PerTaskScheduler` keeps one ASHA (one bracket: deterministic)
-per ``config["task"]`` and routes every scheduler call to it; trial selection stays FIFO.
+per ``config["task"]`` and routes every scheduler call to it; trial selection stays FIFO. Final
+trials that run in the search's experiment (:mod:`vptsearch.search._final_queue`) are not ASHA's.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
         return self.per_task[task]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._asha(trial).on_trial_add(tune_controller, trial)
+        if _is_search(trial):
+            self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if not _is_search(trial):  # a final trial (_final_queue): trains its whole budget
+            return TrialScheduler.CONTINUE
         asha = self._asha(trial)
         if not asha_tracks(asha, trial.trial_id):  # restored trial: re-register with its bracket
             asha.on_trial_add(tune_controller, trial)
@@ -67,7 +71,7 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         asha = self._asha(trial)
-        if asha_tracks(asha, trial.trial_id):
+        if _is_search(trial) and asha_tracks(asha, trial.trial_id):
             asha.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
@@ -75,12 +79,17 @@ class PerTaskScheduler(DriverStateMixin, FIFOScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         asha = self._asha(trial)
-        if asha_tracks(asha, trial.trial_id):  # ASHA raises KeyError for a trial it does not hold
+        # ASHA raises KeyError for a trial it does not hold
+        if _is_search(trial) and asha_tracks(asha, trial.trial_id):
             asha.on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
         stopped = ", ".join(f"{t}: {n}" for t, n in sorted(self.stopped.items())) or "none"
         return f"Using per-task ASHA ({len(self.per_task)} tasks); stopped early: {stopped}"
+
+
+def _is_search(trial: Any) -> bool:
+    return trial.config.get("phase", "search") == "search"
 
 
 def build_scheduler(spec: SearchSpec) -> TrialScheduler:

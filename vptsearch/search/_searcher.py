@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from vptsearch._hashing import sha256_bytes
+from vptsearch.search import _journal
 from vptsearch.search._journal import WorkingCopyJournalStorage, journal_batch, journal_storage, load_studies
 from vptsearch.search._result_keys import METRIC, MODE, TIME_ATTR, trial_status
 from vptsearch.search._state import DriverStateMixin
@@ -365,12 +366,12 @@ class MultiTaskSearcher(DriverStateMixin, Searcher):
         return {t: s.study for t, s in self.searchers.items() if isinstance(s, PruneAwareOptunaSearch)}
 
     def save(self, checkpoint_path: str) -> None:
-        # the journal first: a saved searcher state must never name trials the journal lacks
-        storages = [s.storage for s in self.searchers.values() if isinstance(s, PruneAwareOptunaSearch)]
-        for storage in {id(st): st for st in storages}.values():
-            if isinstance(storage, WorkingCopyJournalStorage):
-                storage.sync()
+        self.sync_journal()  # first: a saved searcher state must never name trials the journal lacks
         super().save(checkpoint_path)
+
+    def sync_journal(self) -> None:
+        aware = [s for s in self.searchers.values() if isinstance(s, PruneAwareOptunaSearch)]
+        _journal.sync_working_copies(s.storage for s in aware)
 
 
 def build_searcher(

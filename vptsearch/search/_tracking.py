@@ -383,9 +383,10 @@ class TrackingCallback(tune.Callback):
             # A driver killed after starting a trial but before Tune saved it: the restored
             # experiment runs that slot again under a new id; the orphan's run goes, so MLflow
             # holds exactly the experiment's trials.
-            lid, phase = self.tracker.launch_id, trials[0].config.get("phase", "search")
-            self.tracker.prune(
-                {"launch": lid, "kind": "trial", "phase": phase},
-                "trial_id",
-                [f"{lid}/{phase}/{t.trial_id}" for t in trials],
-            )
+            lid = self.tracker.launch_id
+            by_phase: dict[str, list[str]] = {}  # a search experiment runs its finals too (_final_queue)
+            for t in trials:
+                phase = t.config.get("phase", "search")
+                by_phase.setdefault(phase, []).append(f"{lid}/{phase}/{t.trial_id}")
+            for phase, keep in by_phase.items():
+                self.tracker.prune({"launch": lid, "kind": "trial", "phase": phase}, "trial_id", keep)

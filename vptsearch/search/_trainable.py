@@ -27,7 +27,7 @@ from ray.tune.logger import TBXLoggerCallback
 from vptsearch._errors import ConfigError, DataError
 from vptsearch.data._shared_splits import SplitStore, sharing_splits
 from vptsearch.search._cluster import SharedBackbone
-from vptsearch.search._result_keys import EARLIER_EPOCHS
+from vptsearch.search._result_keys import EARLIER_EPOCHS, METRIC
 from vptsearch.spec import SearchSpec, spec_from_dict
 from vptsearch.train import run_trial
 
@@ -94,6 +94,8 @@ class TuneReporter:
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         if self.node_id is not None:
             metrics = {**metrics, "node_id": self.node_id}
+        if metrics.get("phase") == "final":  # no val split; the key for the search's metric check
+            metrics = {METRIC: None, **metrics}
         self.last = metrics
         sent = self.throttle.offer(metrics, must=state is not None)
         if sent is None:
@@ -157,11 +159,12 @@ def trainable(
 def failure_result(exc: Exception, last: dict[str, Any], phase: str) -> dict[str, Any]:
     """The last result of a trial that met bad data or config: ``error`` (one line) plus the keys
     Tune's strict metric check needs (the search phase's ``val_acc``, unchanged from the last epoch
-    so neither ASHA nor Optuna records a new value) and the epoch it got to."""
+    so neither ASHA nor Optuna records a new value; None for a final trial) and the epoch it got to."""
     out: dict[str, Any] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                            "epoch": int(last.get("epoch", 0))}  # fmt: skip
-    if phase == "search":
-        out["val_acc"] = float(last.get("val_acc", 0.0))
+    # a final trial has no val split: None, present for the check when it runs in the search's
+    # experiment (_final_queue)
+    out[METRIC] = float(last.get(METRIC, 0.0)) if phase == "search" else None
     return out
 
 

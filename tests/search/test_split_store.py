@@ -186,3 +186,22 @@ def test_trials_of_a_tuner_share_their_task_splits(local_ray, base_raw, tmp_path
     summary = store.summary()
     # train800 and val200, each decoded by one of the three trials' processes
     assert summary["decoded"] == 2 and summary["shared"] == 4, summary
+
+
+def test_a_launch_on_a_running_cluster_leaves_no_split_store_behind(local_ray, base_raw, tmp_path):
+    """The store's actor owns the decoded splits: on a cluster that outlives the launch they would
+    stay pinned in the object store until the caller's process exits."""
+    import ray
+    from ray.util import list_named_actors
+
+    import vptsearch.search as search
+    from vptsearch.spec import spec_from_dict
+
+    raw = {**base_raw, "suite": ["mini/digits"], "params": {**base_raw["params"], "optim.base_lr": 1.0},
+           "search": {**base_raw["search"], "trials_per_task": 1, "n_startup_trials": 1},
+           "training": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64},
+           "protocol": {"final_seeds": [0], "probe": False}}  # fmt: skip
+    before = set(list_named_actors())  # the stores this module's other tests started
+    search.launch(spec_from_dict(raw), dashboard=False, say=lambda *_: None)
+    assert ray.is_initialized()  # the caller's cluster is left running
+    assert not [a for a in set(list_named_actors()) - before if a.startswith("vptsearch-splits-")]

@@ -304,13 +304,21 @@ class Launch:
             results.tasks[task].probe, results.tasks[task].probed = pr, True
 
     def _run_phases(self) -> LaunchSummary:
-        """Search, select, final, then results, report, bundles and the MLflow summary. A failure
-        after the search still writes results.json and the report and ends the runs FAILED."""
+        """The launch's backbone and split store shared with its trials, then :meth:`_phases`."""
         self._announce()
         backbone = _cluster.share_backbone(get_backbone(self.spec))  # once, not per trial or per node
         # each split decoded once per launch, not once per worker (both phases share the store)
         splits = start_split_store()
         self.setup = TuneSetup(self.spec, self.run_dir, self.store, backbone, self.resume, splits)
+        try:
+            return self._phases()
+        finally:  # the splits go with the store: the cluster may outlive the launch
+            splits.close()
+
+    def _phases(self) -> LaunchSummary:
+        """Search (with each task's finals), select, then results, report, bundles and the MLflow
+        summary. A failure after the search still writes results.json and the report and ends the
+        runs FAILED."""
         records, finals = self.search()
         selection = select(records, self.tasks)
         trials = [dataclasses.asdict(r) for r in records]

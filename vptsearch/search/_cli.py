@@ -20,7 +20,7 @@ from vptsearch._errors import ConfigError
 from vptsearch.search import _runlock
 from vptsearch.search._doctor_cli import add_command as add_doctor
 from vptsearch.search._monitor import add_command as add_monitor
-from vptsearch.search._report import probe_gap_warning, running_line
+from vptsearch.search._report import OPTIONAL_COLUMNS, SUMMARY_COLUMNS, probe_gap_warning, running_line
 from vptsearch.search._rundir import RESULTS_FILE, latest_run_dir
 from vptsearch.search._ui_cli import add_command as add_ui
 from vptsearch.spec import load_spec
@@ -191,21 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # What the table reads from each row (results.json as ``LaunchResults.save`` writes it)
-_ROW_KEYS = (
-    "task",
-    "group",
-    "method",
-    "p",
-    "init",
-    "tuned_percent",
-    "val_acc",
-    "test_mean",
-    "test_std",
-    "completed",
-    "pruned",
-    "diverged",
-    "failed",
-)
+_ROW_KEYS = tuple(c for c in SUMMARY_COLUMNS if c not in OPTIONAL_COLUMNS)
 
 
 def _checked_results(res: Any) -> dict[str, Any]:

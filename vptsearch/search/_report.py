@@ -25,6 +25,8 @@ SUMMARY_COLUMNS = (
     "diverged",
     "failed",
 )
+# the columns a row may lack: a launch without final seeds' ensemble or without the probe
+OPTIONAL_COLUMNS = ("ensemble_test", "probe_val", "probe_test", "gap_to_probe")
 
 
 def _fmt(v: Any) -> str:

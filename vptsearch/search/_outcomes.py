@@ -8,7 +8,7 @@ from typing import Any
 
 from vptsearch.search._results import LaunchResults, TaskResult
 from vptsearch.search._tracking import PREFIX, Tracker, task_outcome
-from vptsearch.spec import PARAMS
+from vptsearch.spec import param_value
 
 
 def log_bundles(
@@ -49,10 +49,8 @@ def _winner_summary(cfg: dict[str, Any], trial_id: str) -> dict[str, Any]:
         "best.depth": cfg.get("prompt.depth", "-"),
         "best.base_lr": cfg.get("optim.base_lr"),
         "best.weight_decay": cfg.get("optim.weight_decay"),
-        "best.head_init": cfg.get("head.init", PARAMS["head.init"].default_for(cfg.get("method"))),
-        "best.head_lr_scale": cfg.get(
-            "optim.head_lr_scale", PARAMS["optim.head_lr_scale"].default_for(cfg.get("method"))
-        ),
+        "best.head_init": param_value(cfg, "head.init"),
+        "best.head_lr_scale": param_value(cfg, "optim.head_lr_scale"),
         "best.trial_id": trial_id,
     }
 

@@ -110,13 +110,10 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
     if not low:
         return None
     names = ", ".join(f"{r['task']} ({r['gap_to_probe']:+.1f})" for r in low)
-    from vptsearch.spec import PARAMS  # torch-free
-
-    def default(key: str, config: dict[str, Any]) -> Any:
-        return config.get(key, PARAMS[key].default_for(config.get("method")))
+    from vptsearch.spec import param_value  # torch-free
 
     configs = [best_configs.get(r["task"], {}) for r in low]
-    fitted = [c for c in configs if default("head.init", c) == "probe"]
+    fitted = [c for c in configs if param_value(c, "head.init") == "probe"]
     # full fine-tuning trains its random head with the body (its default); the others' random head
     # is the slow SGD head of issue 12
     unfitted = [c for c in configs if c not in fitted and c.get("method") != "full"]
@@ -131,8 +128,8 @@ def probe_gap_warning(rows: list[dict[str, Any]], best_configs: dict[str, dict[s
             "or add the linear method to method's choice (it keeps the fit)"
         )
     else:  # what moved a fitted head in the measurements (docs/search.md "The head: init and lr")
-        norms = {default("head.norm", c) for c in fitted}
-        scales = {float(default("optim.head_lr_scale", c)) for c in fitted}
+        norms = {param_value(c, "head.norm") for c in fitted}
+        scales = {float(param_value(c, "optim.head_lr_scale")) for c in fitted}
         first = (
             "set params.head.norm: standardize (batch statistics move a fitted head), "
             if "batchnorm" in norms

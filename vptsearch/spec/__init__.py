@@ -43,6 +43,7 @@ from vptsearch.spec._spaces import (
     ParamDef,
     define_by_run,
     grid_configs,
+    param_value,
     same_value,
     trial_defaults,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "define_by_run",
     "grid_configs",
     "load_spec",
+    "param_value",
     "read_yaml",
     "same_value",
     "smoke_spec",

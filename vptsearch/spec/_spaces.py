@@ -113,6 +113,11 @@ PARAMS: dict[str, ParamDef] = {
 }  # fmt: skip
 
 
+def param_value(config: dict[str, Any], key: str) -> Any:
+    """``config``'s value of the parameter ``key``, or the default a trial of its method got."""
+    return config.get(key, PARAMS[key].default_for(config.get("method")))
+
+
 def trial_defaults(method: str) -> dict[str, Any]:
     """Defaults of the parameters that apply to ``method`` (filled into configs missing them)."""
     return {k: d.default_for(method) for k, d in PARAMS.items() if method in d.methods}

@@ -272,8 +272,9 @@ class Launch:
             return budget + (expected_finals(winners, seeds) if finals else 0)
 
         callbacks = self._callbacks("search", budget, finals)
-        results = run_tuner(self.setup, "search", searcher, build_scheduler(spec), budget + finals, callbacks,
-                            expected)  # fmt: skip
+        results = run_tuner(
+            self.setup, "search", searcher, build_scheduler(spec), budget + finals, callbacks, expected
+        )
         return trial_records(results, epochs), final_runs(results, self.run_dir, epochs)
 
     def final(self, selection: dict[str, TaskSelection]) -> dict[str, dict[int, FinalRun]]:

@@ -85,9 +85,14 @@ class TuneSetup:
 
 
 def run_tuner(
-    setup: TuneSetup, name: str, searcher: Any, scheduler: Any, num_samples: int, callbacks: list,
+    setup: TuneSetup,
+    name: str,
+    searcher: Any,
+    scheduler: Any,
+    num_samples: int,
+    callbacks: list,
     expected: Callable[[tune.ResultGrid], int] | None = None,
-) -> tune.ResultGrid:  # fmt: skip
+) -> tune.ResultGrid:
     """Run (or, with ``setup.resume``, restore and finish) the phase ``name``; its results.
 
     Raises :class:`LaunchInterrupted` when fewer trials really ended than ``expected(results)``

@@ -24,6 +24,7 @@ from vptsearch._training import (
     evaluate,
     lr_at,
     param_groups,
+    recompute_norm_statistics,
     train_epoch,
 )
 from vptsearch._trial_config import TrialConfig
@@ -155,6 +156,7 @@ class EpochLoop:
         self.val_acc: float | None = None
         self.test_acc: float | None = None
         self.eval_loader: Any = None  # the search val split (every epoch) or the final test split (last)
+        self.norm_loader: Any = None  # the train split as the precise-BN pass reads it
 
     def resume(self, checkpoint: dict[str, Any]) -> None:
         """Go on after the checkpoint's epoch, with its trained tensors, optimizer, history and init."""
@@ -251,9 +253,26 @@ class EpochLoop:
                 self.data.eval_split, train=False, seed=0, batch=tr.eval_batch_size,
                 device=self.data.device if search else None,
             )  # fmt: skip
+        if tr.precise_bn_images:
+            recompute_norm_statistics(self.model, self._norm_batches(), tr.precise_bn_images, tr.precision)
         acc, loss = evaluate(self.model, self.eval_loader, tr.precision)
         if search:
             self.val_acc = acc
             return {"val_acc": acc, "val_loss": loss}
         self.test_acc = acc
         return {"test_acc": acc, "test_loss": loss}
+
+    def _norm_batches(self) -> Any:
+        """The train split's images, unaugmented, in a fixed order: what the precise-BN pass reads
+        (built once; an in-memory train loader lends its tensors, nothing is read or copied again)."""
+        if self.norm_loader is None:
+            batch = self.spec.training.eval_batch_size
+            view = getattr(self.train_loader, "statistics_view", None)
+            if view is not None:
+                self.norm_loader = view(batch)
+            else:
+                data = self.data
+                self.norm_loader = data.loader(
+                    data.train_split, train=False, seed=0, batch=batch, device=data.device
+                )
+        return self.norm_loader

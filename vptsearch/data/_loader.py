@@ -11,6 +11,7 @@ The streaming path runs the WebDataset pipeline under a plain torch ``DataLoader
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -103,6 +104,15 @@ class InMemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def statistics_view(self, batch_size: int) -> _FixedOrder:
+        """The same images (the same tensors: nothing copied) in one fixed shuffled order, without
+        augmentation, every time it is iterated: what a trial's precise-BN pass reads. Shuffled
+        because splits may be stored class by class, and a pass over a prefix would see few classes.
+        """
+        view = copy.copy(self)
+        view.augment, view.train, view.drop_last, view.batch_size = False, True, False, batch_size
+        return _FixedOrder(view)
+
     def __iter__(self) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
@@ -118,6 +128,20 @@ class InMemoryLoader:
             elif x.shape[-1] != self.image_size:
                 x = center_crop(x, self.image_size)
             yield self.normalise(x), self.labels[idx]
+
+
+class _FixedOrder:
+    """Iterates an :class:`InMemoryLoader` always as its first epoch (see ``statistics_view``)."""
+
+    def __init__(self, loader: InMemoryLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.loader.set_epoch(0)
+        return iter(self.loader)
 
 
 class StreamingLoader:

@@ -100,6 +100,13 @@ class TrainingConfig:
         choices=DROPOUT_MASKS, notes=_DROPOUT_MASK_NOTES,
     )
     init_images: int = key(800, "training images fed to the SPT and cls-prototype initialisers", ge=1)
+    # The running averages follow train-mode features (prompt dropout, prompts still moving fast):
+    # eval-mode features met mis-scaled statistics (benchmarks/README.md, "Precise BN").
+    precise_bn_images: int = key(
+        256, "before every evaluation the head norm's statistics are recomputed from this many "
+        "training images' eval-mode features (precise BN; `head.norm` batchnorm and standardize)",
+        ge=0, note=" (0: the running averages of training)",
+    )
     track_nmi: bool = key(
         False, "vpt: log `nmi_mean` and `nmi_layer<i>`, NMI(prompts; patch tokens) per prompted layer "
         "(SPT eqs. 7-8), every epoch on 128 fixed training images",

@@ -96,6 +96,10 @@ def _as_parsed_today(recorded: dict[str, Any], spec: Any) -> dict[str, Any]:
     if isinstance(params, dict) and "head.init" not in params:
         # before issue 28 every head started at nn.Linear's draw and trained at the prompts' lr
         recorded = {**recorded, "params": {**params, "head.init": "random", "optim.head_lr_scale": 1.0}}
+    training = recorded.get("training")
+    if isinstance(training, dict) and "precise_bn_images" not in training:
+        # before precise BN (issue 28) evaluations used the training's running averages
+        recorded = {**recorded, "training": {**training, "precise_bn_images": 0}}
     try:
         return spec_identity(spec_from_dict({**spec.to_dict(), **recorded}, source="record"))
     except ConfigError:  # a field vptsearch no longer knows: not the same experiment any more

@@ -625,6 +625,20 @@ def test_record_identity_is_json_and_survives_new_spec_defaults(repro, reproduce
     assert reproduce.launch_state(spec, records).stale
 
 
+
+def test_a_record_from_before_precise_bn_is_stale(repro, reproduce, tmp_path: Path) -> None:
+    """Precise BN changed what every evaluation measures: a record written before
+    training.precise_bn_images existed was evaluated with the running averages (as 0 today)."""
+    plan, _ = repro
+    records = tmp_path / "records"
+    spec = _quick_spec(plan, tmp_path)
+    record = _record(reproduce, spec)
+    assert record["identity"]["training"]["precise_bn_images"] == spec.training.precise_bn_images > 0
+    del record["identity"]["training"]["precise_bn_images"]
+    reproduce.write_record(records, record)
+    assert reproduce.launch_state(spec, records).stale
+
+
 def test_records_are_byte_identical_from_the_same_inputs(repro, reproduce, tmp_path: Path) -> None:
     """Sorted keys and a fixed indent: the same inputs (in any key order, tuples or lists) give the
     same bytes, so a rewritten record makes no git diff; the write leaves no temp file."""

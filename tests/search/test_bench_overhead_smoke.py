@@ -34,3 +34,9 @@ def test_bench_platform_overhead_smoke(capsys):
     assert floor["errored"] == 0 and floor["reports"] >= 20 and floor["platform_reports"] >= 20
     added = result["overhead_ms_per_trial"] - floor["overhead_ms_per_trial"]
     assert abs(floor["vptsearch_added_ms_per_trial"] - added) < 2e-3  # both rounded to 3 decimals
+    tpe = result["tune_floor_tpe"]  # stock Tune's OptunaSearch + ASHA, a Tuner per task
+    assert tpe["errored"] == 0 and tpe["reports"] >= 20
+    ratio = result["ratio_to_stock_tune"]
+    assert ratio["target"] == 1.1 and isinstance(ratio["meets_target"], bool)
+    expected = result["overhead_ms_per_trial"] / tpe["overhead_ms_per_trial"]
+    assert abs(ratio["same_tpe_search"] - expected) < 0.01

@@ -6,7 +6,9 @@ Fast unit tests use real sqlite MLflow stores (no MLflow mocks). The end-to-end 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,9 +20,9 @@ from vptsearch.search._spool import POS_FILE, SPOOL_FILE, Spool, read_records, u
 from vptsearch.search._tracking import Tracker, sync
 
 
-def _write_launch(run_dir: Path, uri: str, epochs: int = 3, trials: int = 2) -> Tracker:
+def _write_launch(run_dir: Path, uri: str, epochs: int = 3, trials: int = 2, **tracker: bool) -> Tracker:
     """What a launch writes for one task: launch run, task run, trial runs with per-epoch metrics."""
-    t = Tracker(uri, "exp", None, "exp/1", run_dir=run_dir)
+    t = Tracker(uri, "exp", None, "exp/1", run_dir=run_dir, **tracker)
     launch = t.launch_run("exp/1")
     task = t.task_run("mini/digits", "natural")
     for i in range(trials):
@@ -289,3 +291,69 @@ def test_server_killed_mid_launch_then_sync(base_raw, tmp_path) -> None:
         assert len(launch_runs(uri)) == len(runs)
     finally:
         stop_mlflow_server(server)
+
+
+def test_the_writer_is_a_process_of_its_own_and_equals_the_thread(stores, tmp_path: Path) -> None:
+    """A launch's MLflow store work runs in a child process (off the driver's GIL); the store ends
+    up with exactly what the thread writer writes."""
+    import shutil
+
+    from vptsearch.search._spool_process import WriterProcess
+
+    run_dir, a, b = stores
+    t = _write_launch(run_dir, a)
+    assert isinstance(t.writer, WriterProcess) and t.writer.is_alive()
+    assert t.writer.proc.pid != os.getpid()
+    assert t.close() == 0 and not t.writer.is_alive() and unsynced(run_dir, a) == 0
+    other = tmp_path / "thread"
+    other.mkdir()
+    shutil.copy(run_dir / "tracking.json", other / "tracking.json")
+    thread = _write_launch(other, b, writer_process=False)
+    assert not isinstance(thread.writer, WriterProcess)
+    assert thread.close() == 0
+    assert _content(a) == _content(b)
+
+
+def test_a_killed_driver_leaves_its_writer_to_drain_the_spool(stores) -> None:
+    """The driver dies without closing its Tracker (SIGKILL, OOM): the writer process sees the pipe
+    close, applies everything the driver appended, records the position, and exits."""
+    import subprocess
+    import sys
+    import textwrap
+
+    run_dir, a, _ = stores
+    driver = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_tracking_faults import _write_launch
+        from pathlib import Path
+        t = _write_launch(Path({str(run_dir)!r}), {a!r}, epochs=5, trials=3)
+        print(t.writer.proc.pid, flush=True)
+        os._exit(0)  # no close(): what a killed driver does
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, timeout=120, check=True
+    )
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while unsynced(run_dir, a) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert unsynced(run_dir, a) == 0
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+    got = _content(a)
+    assert {f"trial-{i}" for i in range(3)} <= set(got)
+    assert got["trial-2"]["metrics"]["val_acc"] == [(e, e / 10 + 2) for e in range(1, 6)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is not a writer: its exit status is waiting
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False

@@ -26,6 +26,7 @@ from vptsearch.search._applier import Applier
 from vptsearch.search._progress import ProgressCallback
 from vptsearch.search._result_keys import EARLIER_EPOCHS, trial_status
 from vptsearch.search._spool import Spool, Writer, sync
+from vptsearch.search._spool_process import WriterProcess
 from vptsearch.search._tracking_store import (  # the store's helpers, also imported from here
     artifact_location,
     check_tracking_uri,
@@ -62,7 +63,8 @@ class Tracker:
 
     Runs are named by *refs* (their identifying tags, see :func:`_records.run_ref`), not MLflow
     ids. With ``run_dir`` every write goes through the launch's durable spool and a background
-    writer (:mod:`vptsearch.search._spool`): callers never wait on the store and an unreachable
+    writer (:mod:`vptsearch.search._spool`; a process of its own, :mod:`._spool_process`, unless
+    ``writer_process=False`` keeps it a thread): callers never wait on the store and an unreachable
     server loses nothing (``vptsearch sync`` replays it). Without ``run_dir`` writes are applied at
     once; ``rewrite_metrics`` (only then) writes a metric again at a step its run already has.
     """
@@ -81,6 +83,7 @@ class Tracker:
         run_dir: Path | None = None,
         *,
         rewrite_metrics: bool = False,
+        writer_process: bool = True,
     ) -> None:
         if rewrite_metrics and run_dir is not None:
             raise ValueError(f"rewrite_metrics with run_dir {str(run_dir)!r}: a replay would double metrics")
@@ -91,10 +94,14 @@ class Tracker:
         except Exception as exc:  # any store failure is one user-facing error
             raise ConfigError(f"tracking URI {uri!r} failed: {str(exc).splitlines()[0][:200]}") from None
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.writer: Writer | None = None
+        self.writer: Writer | WriterProcess | None = None
         if self.run_dir is not None:
-            self.writer = Writer(Spool(self.run_dir), self.applier, uri)
-            self.writer.start()
+            spool = Spool(self.run_dir)
+            if writer_process:  # the store's work off the driver's GIL (see _spool_process)
+                self.writer = WriterProcess(spool, uri, experiment, artifact_location_)
+            else:
+                self.writer = Writer(spool, self.applier, uri)
+                self.writer.start()
             Tracker._open[str(self.run_dir)] = self
 
     @classmethod
@@ -190,7 +197,8 @@ class Tracker:
         self._submit(_records.PruneRecord({PREFIX + k: v for k, v in match.items()}, PREFIX + key, keep))
 
     def run_id(self, ref: str) -> str | None:
-        """The MLflow id of a run the writer has created or found (None before that)."""
+        """The MLflow id of a run this process's writer has created or found (None before that,
+        and always with a writer process: it learns the ids in its own process)."""
         return self.applier.ids.get(ref)
 
     def close(self, drain_s: float = 120.0, down_grace_s: float = 5.0) -> int:

@@ -196,13 +196,14 @@ class State:
 def _run_dir_state(spec: Any) -> tuple[str, Path | None]:
     """This machine's latest run folder of the launch: done / resume (same spec) or new."""
     from vptsearch.search import latest_run_dir
-    from vptsearch.spec import read_yaml, spec_from_dict
+    from vptsearch.spec import read_yaml
 
     latest = latest_run_dir(spec)
     if latest is None:
         return "new", None
-    saved = spec_from_dict(read_yaml(latest / "spec.yaml"))
-    if spec_identity(saved) != spec_identity(spec):  # space or sizes changed: a fresh launch
+    raw = read_yaml(latest / "spec.yaml")
+    saved = _canonical({k: raw[k] for k in IDENTITY_KEYS if k in raw})
+    if _as_parsed_today(saved, spec) != spec_identity(spec):  # space, sizes or recipe changed: fresh
         return "new", None
     results = latest / "results.json"
     # a launch that failed after its search writes results.json with its error: resume, not done

@@ -639,6 +639,26 @@ def test_a_record_from_before_precise_bn_is_stale(repro, reproduce, tmp_path: Pa
     assert reproduce.launch_state(spec, records).stale
 
 
+
+def test_a_run_folder_from_before_precise_bn_is_not_done(repro, reproduce, tmp_path: Path) -> None:
+    """The same rule for a finished run folder: its spec.yaml, written before the key existed, was
+    evaluated with the running averages, so the launch runs again (found by its first rerun: four
+    such folders were harvested as done)."""
+    import yaml
+
+    plan, _ = repro
+    records = tmp_path / "records"
+    spec = _quick_spec(plan, tmp_path)
+    run = tmp_path / spec.name / "20260101-000000"
+    spec.dump(run / "spec.yaml")
+    (run / "results.json").write_text(json.dumps(_task_results(spec.suite)))
+    assert reproduce.launch_state(spec, records).state == "done"
+    raw = yaml.safe_load((run / "spec.yaml").read_text())
+    del raw["training"]["precise_bn_images"]
+    (run / "spec.yaml").write_text(yaml.safe_dump(raw))
+    assert reproduce.launch_state(spec, records) == reproduce.State("new")
+
+
 def test_records_are_byte_identical_from_the_same_inputs(repro, reproduce, tmp_path: Path) -> None:
     """Sorted keys and a fixed indent: the same inputs (in any key order, tuples or lists) give the
     same bytes, so a rewritten record makes no git diff; the write leaves no temp file."""

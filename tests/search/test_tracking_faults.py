@@ -294,14 +294,14 @@ def test_server_killed_mid_launch_then_sync(base_raw, tmp_path) -> None:
 
 
 def test_the_writer_is_a_process_of_its_own_and_equals_the_thread(stores, tmp_path: Path) -> None:
-    """A launch's MLflow store work runs in a child process (off the driver's GIL); the store ends
-    up with exactly what the thread writer writes."""
+    """With writer_process=True the store work runs in a child process (off the driver's GIL); the
+    store ends up with exactly what the thread writer (the default) writes."""
     import shutil
 
     from vptsearch.search._spool_process import WriterProcess
 
     run_dir, a, b = stores
-    t = _write_launch(run_dir, a)
+    t = _write_launch(run_dir, a, writer_process=True)
     assert isinstance(t.writer, WriterProcess) and t.writer.is_alive()
     assert t.writer.proc.pid != os.getpid()
     assert t.close() == 0 and not t.writer.is_alive() and unsynced(run_dir, a) == 0
@@ -328,7 +328,7 @@ def test_a_killed_driver_leaves_its_writer_to_drain_the_spool(stores) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_tracking_faults import _write_launch
         from pathlib import Path
-        t = _write_launch(Path({str(run_dir)!r}), {a!r}, epochs=5, trials=3)
+        t = _write_launch(Path({str(run_dir)!r}), {a!r}, epochs=5, trials=3, writer_process=True)
         print(t.writer.proc.pid, flush=True)
         os._exit(0)  # no close(): what a killed driver does
         """

@@ -202,16 +202,10 @@ def bare_calls(trials: int, epochs: int, tasks: int) -> float:
     return time.perf_counter() - t0
 
 
-def tune_floor_run(trials: int, epochs: int, checkpoint: bool, root: Path) -> dict[str, Any]:
-    """Stock Ray Tune on the same cluster, the same no-op trainable and the same trial count: a
-    ``Tuner`` with Tune's own random search over the same choices, Tune's own ``ASHAScheduler``
-    (grace 1, factor 2), two trials at a time, actors reused, no callbacks and none of Tune's own
-    file loggers (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``): Tune at its leanest.
-
-    A lower bound of what Tune itself costs per trial on this machine: the part of the platform's
-    overhead that vptsearch's code could not remove however cheap its searcher, scheduler and
-    tracking were.
-    """
+def _stock_tuner(name: str, samples: int, epochs: int, checkpoint: bool, root: Path, **extra: Any) -> Any:
+    """A plain ``tune.Tuner`` of the no-op trainable over the platform's choices: Tune's own
+    ``ASHAScheduler`` (grace 1, factor 2), two trials at a time, actors reused, no callbacks;
+    ``extra`` goes to the TuneConfig (a ``search_alg``) or, as ``task``, into the space."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -221,37 +215,58 @@ def tune_floor_run(trials: int, epochs: int, checkpoint: bool, root: Path) -> di
         "optim.base_lr": tune.choice([10, 5, 2.5, 1, 0.5, 0.25]),
         "optim.weight_decay": tune.choice([0.001, 0.0001, 0.0]),
     }
+    if "task" in extra:
+        space["task"] = extra.pop("task")
     bound = tune.with_parameters(noop_trainable, epochs=epochs, checkpoint=checkpoint)
-    tuner = tune.Tuner(
+    return tune.Tuner(
         tune.with_resources(bound, {"cpu": 1}),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric="val_acc",
             mode="max",
-            num_samples=trials,
+            num_samples=samples,
             max_concurrent_trials=2,
             reuse_actors=True,
             scheduler=ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2),
+            **extra,
         ),
-        run_config=tune.RunConfig(name="tune_floor", storage_path=str(root / "tune_floor"), verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=str(root / "tune_floor"), verbose=0),
     )
-    # read when fit() builds its callbacks; restored afterwards
+
+
+def _fit_lean(tuner: Any) -> tuple[Any, float]:
+    """``tuner.fit()`` without Tune's own file loggers (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, read
+    when fit() builds its callbacks; restored afterwards): its results and wall seconds."""
     with (
         mock.patch.dict(os.environ, {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}),
         contextlib.redirect_stdout(sys.stderr),
     ):
         t0 = time.perf_counter()
         results = tuner.fit()
-        wall = time.perf_counter() - t0
-    reports = _reports(results)
-    return {"trials": len(results), "wall_s": wall, "reports": reports, "errored": results.num_errors}
+        return results, time.perf_counter() - t0
+
+
+def tune_floor_run(trials: int, epochs: int, checkpoint: bool, root: Path) -> dict[str, Any]:
+    """Stock Ray Tune on the same cluster, the same no-op trainable and the same trial count
+    (:func:`_stock_tuner`) with Tune's own random search: Tune at its leanest.
+
+    A lower bound of what Tune itself costs per trial on this machine: the part of the platform's
+    overhead that vptsearch's code could not remove however cheap its searcher, scheduler and
+    tracking were.
+    """
+    results, wall = _fit_lean(_stock_tuner("tune_floor", trials, epochs, checkpoint, root))
+    return {
+        "trials": len(results),
+        "wall_s": wall,
+        "reports": _reports(results),
+        "errored": results.num_errors,
+    }
 
 
 def tune_floor_tpe_run(trials: int, tasks: int, epochs: int, checkpoint: bool, root: Path) -> dict[str, Any]:
-    """Stock Ray Tune doing the platform's search by hand: per task one ``Tuner`` of ``trials //
-    tasks`` trials with Tune's own ``OptunaSearch`` (Optuna's TPE, seed 0, 4 start-up trials, as
-    the platform's space) and ``ASHAScheduler`` (grace 1, factor 2), two trials at a time, actors
-    reused, no callbacks, none of Tune's file loggers.
+    """Stock Ray Tune doing the platform's search by hand: per task one :func:`_stock_tuner` of
+    ``trials // tasks`` trials with Tune's own ``OptunaSearch`` (Optuna's TPE, seed 0, 4 start-up
+    trials, as the platform's space).
 
     Where :func:`tune_floor_run` is Tune at its leanest (random search costs nothing to ask), this
     is stock Tune running the *same* search: the floor that vptsearch's own code (per-task
@@ -259,46 +274,24 @@ def tune_floor_tpe_run(trials: int, tasks: int, epochs: int, checkpoint: bool, r
     compared against.
     """
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    space = {
-        "prompt.length": tune.choice([1, 5, 10, 20]),
-        "prompt.init": tune.choice(["random", "spt-mean", "spt-kmeans"]),
-        "optim.base_lr": tune.choice([10, 5, 2.5, 1, 0.5, 0.25]),
-        "optim.weight_decay": tune.choice([0.001, 0.0001, 0.0]),
-    }
-    bound = tune.with_parameters(noop_trainable, epochs=epochs, checkpoint=checkpoint)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     wall, reports, errored, done = 0.0, 0, 0, 0
     for i in range(tasks):
-        searcher = OptunaSearch(
-            metric="val_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4)
+        sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=4)
+        searcher = OptunaSearch(metric="val_acc", mode="max", sampler=sampler)
+        tuner = _stock_tuner(
+            f"tune_floor_tpe_{i}",
+            trials // tasks,
+            epochs,
+            checkpoint,
+            root,
+            search_alg=searcher,
+            task=TASKS[i],
         )
-        tuner = tune.Tuner(
-            tune.with_resources(bound, {"cpu": 1}),
-            param_space={**space, "task": TASKS[i]},
-            tune_config=tune.TuneConfig(
-                metric="val_acc",
-                mode="max",
-                num_samples=trials // tasks,
-                max_concurrent_trials=2,
-                reuse_actors=True,
-                search_alg=searcher,
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2),
-            ),
-            run_config=tune.RunConfig(
-                name=f"tune_floor_tpe_{i}", storage_path=str(root / "tune_floor"), verbose=0
-            ),
-        )
-        with (
-            mock.patch.dict(os.environ, {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}),
-            contextlib.redirect_stdout(sys.stderr),
-        ):
-            t0 = time.perf_counter()
-            results = tuner.fit()
-            wall += time.perf_counter() - t0
+        results, seconds = _fit_lean(tuner)
+        wall += seconds
         reports += _reports(results)
         errored += results.num_errors
         done += len(results)

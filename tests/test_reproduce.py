@@ -545,15 +545,21 @@ def test_finished_launches_are_found_and_skipped(repro, reproduce, tmp_path: Pat
     assert reproduce._identity({**saved, "tracking": {"uri": "elsewhere"}}) == reproduce._identity(saved)
 
 
+def _finished_run_folder(plan, tmp_path: Path):
+    """The QUICK spec's launch finished in a run folder of its own: (spec, folder)."""
+    spec = _quick_spec(plan, tmp_path)
+    run = tmp_path / spec.name / "20260101-000000"
+    spec.dump(run / "spec.yaml")
+    (run / "results.json").write_text(json.dumps(_task_results(spec.suite)))
+    return spec, run
+
+
 def test_a_finished_run_folder_is_harvested_into_its_record(repro, reproduce, tmp_path: Path) -> None:
     """finished() (collect's finder) writes the record of an older run folder, its time taken from the
     old timings.json when that names this very folder; afterwards the record alone says done."""
     plan, _ = repro
     records = tmp_path / "records"
-    spec = _quick_spec(plan, tmp_path)
-    run = tmp_path / spec.name / "20260101-000000"
-    spec.dump(run / "spec.yaml")
-    (run / "results.json").write_text(json.dumps(_task_results(spec.suite)))
+    spec, run = _finished_run_folder(plan, tmp_path)
     (tmp_path / "timings.json").write_text(json.dumps(
         {spec.name: {"status": "done", "seconds": 77.0, "launch_seconds": 70.0, "run_dir": str(run)}}))
     found = reproduce.finished(spec, records)
@@ -648,10 +654,7 @@ def test_a_run_folder_from_before_precise_bn_is_not_done(repro, reproduce, tmp_p
 
     plan, _ = repro
     records = tmp_path / "records"
-    spec = _quick_spec(plan, tmp_path)
-    run = tmp_path / spec.name / "20260101-000000"
-    spec.dump(run / "spec.yaml")
-    (run / "results.json").write_text(json.dumps(_task_results(spec.suite)))
+    spec, run = _finished_run_folder(plan, tmp_path)
     assert reproduce.launch_state(spec, records).state == "done"
     raw = yaml.safe_load((run / "spec.yaml").read_text())
     del raw["training"]["precise_bn_images"]

@@ -188,8 +188,8 @@ def recompute_norm_statistics(
 
     Training keeps an exponential average of *train-mode* features: prompt dropout changes them
     and fast-moving prompts leave the average behind, so eval-mode features met mis-scaled
-    statistics (sup/digits, VPT-deep: val 82.5 % with the running average, 87.0 % recomputed;
-    benchmarks/README.md, "Precise BN").
+    statistics (sup/digits, VPT-deep: val 82.5 % with the running averages, 86.5 % recomputed
+    from 256 images; benchmarks/README.md, "Prompt dropout on more tasks, and precise BN").
     """
     from vptsearch.models.tuned import HeadBatchNorm
 

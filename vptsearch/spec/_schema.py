@@ -101,7 +101,7 @@ class TrainingConfig:
     )
     init_images: int = key(800, "training images fed to the SPT and cls-prototype initialisers", ge=1)
     # The running averages follow train-mode features (prompt dropout, prompts still moving fast):
-    # eval-mode features met mis-scaled statistics (benchmarks/README.md, "Precise BN").
+    # eval-mode features met mis-scaled statistics (docs/search.md, "Precise BN").
     precise_bn_images: int = key(
         256, "before every evaluation the head norm's statistics are recomputed from this many "
         "training images' eval-mode features (precise BN; `head.norm` batchnorm and standardize)",

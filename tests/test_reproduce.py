@@ -631,7 +631,6 @@ def test_record_identity_is_json_and_survives_new_spec_defaults(repro, reproduce
     assert reproduce.launch_state(spec, records).stale
 
 
-
 def test_a_record_from_before_precise_bn_is_stale(repro, reproduce, tmp_path: Path) -> None:
     """Precise BN changed what every evaluation measures: a record written before
     training.precise_bn_images existed was evaluated with the running averages (as 0 today)."""
@@ -643,7 +642,6 @@ def test_a_record_from_before_precise_bn_is_stale(repro, reproduce, tmp_path: Pa
     del record["identity"]["training"]["precise_bn_images"]
     reproduce.write_record(records, record)
     assert reproduce.launch_state(spec, records).stale
-
 
 
 def test_a_run_folder_from_before_precise_bn_is_not_done(repro, reproduce, tmp_path: Path) -> None:

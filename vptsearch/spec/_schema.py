@@ -103,9 +103,11 @@ class TrainingConfig:
     # The running averages follow train-mode features (prompt dropout, prompts still moving fast):
     # eval-mode features met mis-scaled statistics (docs/search.md, "Precise BN").
     precise_bn_images: int = key(
-        256, "before every evaluation the head norm's statistics are recomputed from this many "
+        256,
+        "before every evaluation the head norm's statistics are recomputed from this many "
         "training images' eval-mode features (precise BN; `head.norm` batchnorm and standardize)",
-        ge=0, note=" (0: the running averages of training)",
+        ge=0,
+        note=" (0: the running averages of training)",
     )
     track_nmi: bool = key(
         False, "vpt: log `nmi_mean` and `nmi_layer<i>`, NMI(prompts; patch tokens) per prompted layer "

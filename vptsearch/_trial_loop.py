@@ -264,15 +264,7 @@ class EpochLoop:
 
     def _norm_batches(self) -> Any:
         """The train split's images, unaugmented, in a fixed order: what the precise-BN pass reads
-        (built once; an in-memory train loader lends its tensors, nothing is read or copied again)."""
+        (built once; the in-memory train loader lends its tensors, nothing is read or copied again)."""
         if self.norm_loader is None:
-            batch = self.spec.training.eval_batch_size
-            view = getattr(self.train_loader, "statistics_view", None)
-            if view is not None:
-                self.norm_loader = view(batch)
-            else:
-                data = self.data
-                self.norm_loader = data.loader(
-                    data.train_split, train=False, seed=0, batch=batch, device=data.device
-                )
+            self.norm_loader = self.train_loader.statistics_view(self.spec.training.eval_batch_size)
         return self.norm_loader

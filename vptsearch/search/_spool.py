@@ -183,6 +183,11 @@ def unsynced(spool_dir: Path, uri: str) -> int:
 
 
 # --- the background writer ----------------------------------------------------------------------------
+def error_line(exc: BaseException) -> str:
+    """The store error a writer reports: its first line, at most 200 characters, or its type."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 class Writer(threading.Thread):
     """Drains the spool into the store in order, with retries and backoff; never raises.
 
@@ -235,7 +240,7 @@ class Writer(threading.Thread):
                 self.applier.forget()
                 with self._cv:
                     self._queue = [(o, r, False) for o, r, _ in self._queue]  # retries look up
-                    self.last_error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                    self.last_error = error_line(exc)
                     self.failing_since = self.failing_since or time.monotonic()
                     if self._stopping:
                         return

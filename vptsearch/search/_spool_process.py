@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vptsearch.search._spool import POS_FILE, SPOOL_FILE, Positions, Spool, read_records, unsynced
+from vptsearch.search._spool import (
+    POS_FILE,
+    SPOOL_FILE,
+    Positions,
+    Spool,
+    error_line,
+    read_records,
+    unsynced,
+)
 
 STATUS_FILE = "mlflow.spool.writer.json"  # the child's last error, for the driver's one-line warning
 BATCH = 2000  # records per store call, as the thread writer
@@ -120,9 +128,8 @@ def _fsync(path: Path) -> None:
 
 
 def _write_status(path: Path, exc: Exception) -> None:
-    message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     with contextlib.suppress(OSError):
-        path.write_text(json.dumps({"error": message}))
+        path.write_text(json.dumps({"error": error_line(exc)}))
 
 
 def _drain(run_dir: Path, applier: Any, uri: str, live_from: int, interval_s: float, stop: _Stop) -> int:

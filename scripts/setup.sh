@@ -21,6 +21,10 @@ log=.venv/setup.log
 if ! { .venv/bin/python -m pip install -q --upgrade pip \
        && .venv/bin/python -m pip install -q --no-compile -c constraints.txt -e "$target"; } >"$log" 2>&1; then
   cat "$log" >&2
+  if grep -q 'No space left on device' "$log"; then
+    # The pinned CUDA build of torch makes the environment ~6.6 GB; say where the space ran out.
+    echo "setup: out of disk space: free in $(pwd)/.venv: $(df -h --output=avail .venv | tail -1 | tr -d ' '), in ${TMPDIR:-/tmp}: $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') (the pinned environment needs ~6.6 GB; pip's temporary files go to TMPDIR)" >&2
+  fi
   echo "setup: pip install failed (full log above, also in $log)" >&2
   exit 1
 fi

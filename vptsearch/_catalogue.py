@@ -19,3 +19,5 @@ DROPOUT_MASKS = ("sample", "batch")
 HEAD_NORMS = ("none", "batchnorm", "standardize")
 # vptsearch._head_init.HEAD_INITS: how a trial's linear head starts
 HEAD_INITS = ("probe", "random", "zero")
+# vptsearch._head_init.HEAD_REFITS: whether a trial's head is refitted after its last epoch
+HEAD_REFITS = ("probe", "none")

@@ -50,6 +50,7 @@ class TrialConfig:
     head_norm: str
     head_init: str = "random"  # before head.init existed every head started as nn.Linear's draw
     head_lr_scale: float = 1.0
+    head_refit: str = "none"  # before head.refit existed every trial ended with its trained head
     prompt: PromptConfig | None = None
     adapter_reduction: int | None = None
     partial_k: int | None = None
@@ -96,6 +97,7 @@ class TrialConfig:
             head_norm=p["head.norm"],
             head_init=p["head.init"],
             head_lr_scale=float(p["optim.head_lr_scale"]),
+            head_refit=p["head.refit"],
             prompt=prompt,
             adapter_reduction=int(p["adapter.reduction"]) if method == "adapter" else None,
             partial_k=int(p["partial.k"]) if method == "partial" else None,

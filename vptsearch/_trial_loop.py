@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from vptsearch._head_init import refit_head
 from vptsearch._training import (
     DIVERGED_LOSS_FACTOR,
     _cpu,
@@ -253,14 +254,22 @@ class EpochLoop:
                 self.data.eval_split, train=False, seed=0, batch=tr.eval_batch_size,
                 device=self.data.device if search else None,
             )  # fmt: skip
-        if tr.precise_bn_images:
+        refit = self.init.get("head_refit")
+        metrics: dict[str, float] = {}
+        if refit is not None and self.epoch == tr.epochs:
+            # head.refit: probe (its norm's statistics come with the fit: no precise-BN pass). A trial
+            # resumed from a checkpoint made before head.refit existed has no C and ends as it began.
+            refit = refit_head(self.model, self._norm_batches(), refit["C"])
+            self.init = {**self.init, "head_refit": refit}
+            metrics["head_refit_seconds"] = refit["seconds"]
+        elif tr.precise_bn_images:
             recompute_norm_statistics(self.model, self._norm_batches(), tr.precise_bn_images, tr.precision)
         acc, loss = evaluate(self.model, self.eval_loader, tr.precision)
         if search:
             self.val_acc = acc
-            return {"val_acc": acc, "val_loss": loss}
+            return {**metrics, "val_acc": acc, "val_loss": loss}
         self.test_acc = acc
-        return {"test_acc": acc, "test_loss": loss}
+        return {**metrics, "test_acc": acc, "test_loss": loss}
 
     def _norm_batches(self) -> Any:
         """The train split's images, unaugmented, in a fixed order: what the precise-BN pass reads

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vptsearch._head_init import initialise_head
+from vptsearch._head_init import initialise_head, refit_c
 from vptsearch._prompt_cache import PromptInitCache
 from vptsearch._training import (  # benchmarks/bench_gpu_sim.py mirrors a trial with _cpu/_host_copy
     DIVERGED_LOSS_FACTOR,
@@ -200,7 +200,11 @@ def prepare_trial(
     if trial.prompt is not None and checkpoint is None:
         init_info, images = _initialise_prompts(model, trial, data)
     if checkpoint is None:  # the head last: head.init probe fits it on the initialised prompts
-        init_info = {**init_info, "head": initialise_head(model, trial, data, info.search_splits)}
+        head = initialise_head(model, trial, data, info.search_splits)
+        init_info = {**init_info, "head": head}
+        c = refit_c(model, trial, data, info.search_splits, head)
+        if c is not None:  # the refit after the last epoch uses it (a resumed trial reads it back)
+            init_info["head_refit"] = {"C": c}
     nmi_images = None
     if spec.training.track_nmi and trial.prompt is not None:
         # A fixed set of training images, so the per-epoch values are comparable across epochs.

@@ -90,10 +90,10 @@ def test_one_seed_bundle_predicts_exactly_as_before(base, tmp_path) -> None:
 
 
 def test_a_bundle_records_how_its_head_started_and_trained(base, tmp_path) -> None:
-    params = {"head.init": "random", "optim.head_lr_scale": 0.5}
+    params = {"head.init": "random", "optim.head_lr_scale": 0.5, "head.refit": "none"}
     run_dir, _ = make_launch(base, tmp_path, seeds=(0,), params=params)
     meta = json.loads((export_bundles(run_dir)[TASK] / "bundle.json").read_text())
-    assert meta["head"] == {"norm": "none", "init": "random", "lr_scale": 0.5}
+    assert meta["head"] == {"norm": "none", "init": "random", "lr_scale": 0.5, "refit": "none"}
     assert meta["hyperparameters"]["head.init"] == "random"
 
 
@@ -101,7 +101,8 @@ def test_head_norm_statistics_travel_and_missing_ones_are_named(base, tmp_path, 
     run_dir, models = make_launch(base, tmp_path, seeds=(0,), head_norm="batchnorm")
     d = export_bundles(run_dir)[TASK]
     meta = json.loads((d / "bundle.json").read_text())
-    assert meta["head"] == {"norm": "batchnorm", "init": "probe", "lr_scale": 0.1}  # the defaults
+    defaults = {"norm": "batchnorm", "init": "probe", "lr_scale": 0.1, "refit": "probe"}
+    assert meta["head"] == defaults
     assert meta["method_options"]["head_norm"] == "batchnorm"
     w = load_file(str(d / "prompts.safetensors"))
     assert {"head_norm.running_mean", "head_norm.running_var", "head_norm.num_batches_tracked"} <= set(w)

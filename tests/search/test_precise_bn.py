@@ -103,7 +103,9 @@ def test_a_trial_evaluates_and_exports_with_recomputed_statistics(
     monkeypatch.setattr(trial_loop, "recompute_norm_statistics", spy)
     training = {"epochs": 2, "warmup_epochs": 0, "batch_size": 64, "precise_bn_images": images}
     spec = spec_from_dict({**base_raw, "training": training})
-    cfg = {"method": "vpt", "prompt.length": 2, "head.norm": "batchnorm", "optim.base_lr": 1.0}
+    # head.refit none: a refitted head brings its own statistics (tests/search/test_head_refit.py)
+    cfg = {"method": "vpt", "prompt.length": 2, "head.norm": "batchnorm", "optim.base_lr": 1.0,
+           "head.refit": "none"}  # fmt: skip
     result = run_trial(cfg, task="mini/digits", spec=spec, reporter=ListReporter())
     if not images:
         assert calls == []  # the running averages of training, as before

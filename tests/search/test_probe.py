@@ -136,6 +136,9 @@ def test_the_launch_names_every_task_far_under_its_probe_with_the_key_to_change(
     with_bn = probe_gap_warning(rows, {"a/x": {"head.norm": "batchnorm"}, "a/w": {}})
     assert with_bn is not None and "set params.head.norm: standardize" in with_bn
     assert "optim.head_lr_scale over [0.1, 1]" in fitted  # the default multiple, 0.1
+    assert "head.refit" not in fitted  # refitted by default
+    unrefitted = probe_gap_warning(rows, {"a/x": {"head.refit": "none"}, "a/w": {}})
+    assert "set params.head.refit: probe" in unrefitted
     fast = probe_gap_warning(rows, {"a/x": {"optim.head_lr_scale": 1.0}, "a/w": {"optim.head_lr_scale": 1}})
     assert fast is not None and "head_lr_scale" not in fast and "prompt.init over spt-*" in fast
     assert "method full" not in fast

@@ -66,13 +66,15 @@ def test_search_phase_never_reads_test_split(spec, monkeypatch: pytest.MonkeyPat
     run_trial(cfg, task="mini/digits", spec=spec)
     assert set(seen) == {"train800", "val200"}
     seen.clear()
-    res = run_trial(
-        {**cfg, "phase": "final", "seed": 1, "head.init": "random"}, task="mini/digits", spec=spec
-    )
+    unfitted = {**cfg, "phase": "final", "seed": 1, "head.init": "random", "head.refit": "none"}
+    res = run_trial(unfitted, task="mini/digits", spec=spec)
     assert set(seen) == {"train800val200", "test"} and res.test_acc is not None and res.val_acc is None
-    seen.clear()  # head.init probe: C from the search splits, the fit on the final train split
-    run_trial({**cfg, "phase": "final", "seed": 1}, task="mini/digits", spec=spec)
-    assert set(seen) == {"train800", "val200", "train800val200", "test"}
+    # head.init probe (and head.refit probe's C): C from the search splits, the fit on the final one
+    # (seed 2: other prompts, so not the worker's cached fit of seed 1's)
+    for fitted in ({**cfg, "phase": "final", "seed": 1}, {**unfitted, "head.refit": "probe", "seed": 2}):
+        seen.clear()
+        run_trial(fitted, task="mini/digits", spec=spec)
+        assert set(seen) == {"train800", "val200", "train800val200", "test"}
 
 
 def test_track_nmi_reports_per_layer_nmi_every_epoch(base_raw: dict) -> None:

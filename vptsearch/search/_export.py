@@ -70,6 +70,7 @@ def bundle_meta(
             "norm": options.get("head_norm", "none"),
             "init": trial.head_init,
             "lr_scale": trial.head_lr_scale,
+            "refit": trial.head_refit,
         },
         "prompt": (
             {"depth": trial.prompt.depth, "length": trial.prompt.length, "init": trial.prompt.init}

@@ -51,6 +51,7 @@ def _winner_summary(cfg: dict[str, Any], trial_id: str) -> dict[str, Any]:
         "best.weight_decay": cfg.get("optim.weight_decay"),
         "best.head_init": param_value(cfg, "head.init"),
         "best.head_lr_scale": param_value(cfg, "optim.head_lr_scale"),
+        "best.head_refit": param_value(cfg, "head.refit"),
         "best.trial_id": trial_id,
     }
 

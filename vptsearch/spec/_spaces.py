@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vptsearch._catalogue import DEEP_IMPLS, DEPTHS, HEAD_INITS, HEAD_NORMS, INITS, METHODS
+from vptsearch._catalogue import DEEP_IMPLS, DEPTHS, HEAD_INITS, HEAD_NORMS, HEAD_REFITS, INITS, METHODS
 from vptsearch._errors import ConfigError, suggest
 from vptsearch.spec._messages import err, expect, list_name, type_name, unknown_key
 
@@ -102,6 +102,11 @@ PARAMS: dict[str, ParamDef] = {
                           "initialised model; LP-FT), `random` timm's nn.Linear draw, `zero` all zeros. "
                           "Full fine-tuning defaults to `random`: from a fitted head it collapsed "
                           "(docs/search.md)", choices=HEAD_INITS, method_defaults=(("full", "random"),)),
+    "head.refit": ParamDef(str, METHODS, "probe", "`probe`: after the last epoch the head is refitted by "
+                           "the probe's solver on the trained model's features of the train split (C as "
+                           "chosen at init on the search splits), before the last evaluation; `none` "
+                           "keeps the trained head. Full fine-tuning defaults to `none` (docs/search.md)",
+                           choices=HEAD_REFITS, method_defaults=(("full", "none"),)),
     "optim.base_lr": ParamDef(float, METHODS, 1.0, "sgd: the lr is `base_lr × batch_size / 256`; "
                               "adamw: the lr itself"),
     "optim.weight_decay": ParamDef(float, METHODS, 0.0, "weight decay (decoupled for adamw)",

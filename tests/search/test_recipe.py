@@ -15,8 +15,15 @@ def _spec(base_raw: dict, **training):
 
 
 def test_adamw_is_really_used_with_its_lr_rule(base_raw: dict) -> None:
-    # head_lr_scale 1: a linear trial's only group is the head, whose lr the default scale (0.1) cuts
-    cfg = {"method": "linear", "optim.base_lr": 0.01, "optim.weight_decay": 1e-4, "optim.head_lr_scale": 1.0}
+    # head_lr_scale 1: a linear trial's only group is the head, whose lr the default scale (0.1) cuts;
+    # head.refit none: the probe refit after the last epoch would give both optimizers the same head
+    cfg = {
+        "method": "linear",
+        "optim.base_lr": 0.01,
+        "optim.weight_decay": 1e-4,
+        "optim.head_lr_scale": 1.0,
+        "head.refit": "none",
+    }
     adamw, sgd = ListReporter(), ListReporter()
     res_a = run_trial(cfg, task="mini/digits", spec=_spec(base_raw, optimizer="adamw"), reporter=adamw)
     res_s = run_trial(cfg, task="mini/digits", spec=_spec(base_raw), reporter=sgd)

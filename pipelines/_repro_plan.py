@@ -38,7 +38,11 @@ LR_PROMPT = (4.0, 2.0, 1.0)  # vpt-shallow, vpt-deep, spt-*, frozen prompts (hea
 LR_HEAD = (4.0, 2.0, 1.0)  # linear
 LR_BODY = (2.0, 1.0, 0.5)  # bias, adapter
 LR_FULL = (0.2, 0.1, 0.05)
-HEAD_NORM = "batchnorm"  # every launch: the quickstart's head (issue 12 part 2)
+# every launch: the issue-12 head norm. The quickstart moved to `standardize` (2026-12-07), measured
+# on the MAE backbone's prompt trials only; full fine-tuning was never run with it, so the
+# reproduction keeps the norm its every method was measured with. The head.refit default (probe, none
+# for full) applies here too: the refit sets the norm's statistics to the fit's.
+HEAD_NORM = "batchnorm"
 # The head since issue 28 (2026-12-07): fitted by the probe's solver before the first step
 # (head.init: probe, LP-FT), its lr multiple searched with the base lr. One multiple does not fit
 # both backbones (single trials, val200 at epoch 15, p = 10, base lr 2, benchmarks/README.md "The

@@ -78,6 +78,8 @@ def test_mlflow_parent_and_nested_runs(launched) -> None:
         assert parent.info.status == "FINISHED"
         assert tags["best.prompt_length"] in ("1", "4") and tags["best.init"] in ("random", "spt-mean")
         assert parent.data.params["best.init"] == tags["best.init"]
+        note = tags["mlflow.note.content"]  # the run page's description: the winner and its head
+        assert "**Winner**" in note and ", init probe, lr 0.1 × the base lr's, refit probe" in note
         assert {"best_val_acc", "test_mean", "test_std", "tuned_percent"} <= set(m)
         kids = [r for r in trials if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         search = [r for r in kids if r.data.tags["vptsearch.phase"] == "search"]
@@ -85,6 +87,13 @@ def test_mlflow_parent_and_nested_runs(launched) -> None:
         assert len(search) == 4 and len(final) == 2
         assert sorted(r.data.tags["vptsearch.seed"] for r in final) == ["0", "1"]
         assert all("test_acc" in r.data.metrics for r in final)
+        # the head's recipe, though the space leaves it to the defaults, and what its fits cost
+        for r in kids:
+            assert r.data.params["head.init"] == "probe" and r.data.params["head.refit"] == "probe"
+            assert float(r.data.params["optim.head_lr_scale"]) == 0.1
+            assert r.data.params["prompt.length"] in ("1", "4")  # the space's own keys still win
+        assert all(r.data.metrics["head_init_seconds"] >= 0 for r in kids)
+        assert all(r.data.metrics["head_refit_seconds"] > 0 for r in final)
         for r in search:  # per-epoch history, as long as the trial ran
             hist = c.get_metric_history(r.info.run_id, "val_acc")
             assert len(hist) >= 1 and [h.step for h in sorted(hist, key=lambda h: h.step)] == list(

@@ -24,6 +24,23 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+# The trial results' keys a trial run gets as MLflow metrics (one point per epoch); the rest of a
+# result (config, Tune's bookkeeping, checkpoints' names) is not a metric a user plots.
+LOGGED_METRICS = (
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "train_acc",
+    "lr",
+    "test_acc",
+    "test_loss",
+    "epoch_seconds",
+    "head_init_seconds",  # the head's fit before the first step (head.init: probe), in every result
+    "head_refit_seconds",  # the refit after the last epoch (head.refit: probe), in the last result
+    "nmi_mean",
+)
+LOGGED_METRIC_PREFIXES = ("nmi_layer",)  # per-layer series, as many as the model has prompted layers
+
 
 def run_ref(key: dict[str, str]) -> str:
     """The spool's name of a run: its identifying tags, canonically encoded."""

@@ -24,6 +24,7 @@ from vptsearch._errors import ConfigError
 from vptsearch.search import _records
 from vptsearch.search._applier import Applier
 from vptsearch.search._progress import ProgressCallback
+from vptsearch.search._records import LOGGED_METRIC_PREFIXES, LOGGED_METRICS
 from vptsearch.search._result_keys import EARLIER_EPOCHS, trial_status
 from vptsearch.search._spool import Spool, Writer, sync
 from vptsearch.search._spool_process import WriterProcess
@@ -34,6 +35,7 @@ from vptsearch.search._tracking_store import (  # the store's helpers, also impo
     resolve_tracking_uri,
     tracking_uri_for,
 )
+from vptsearch.spec import param_value, trial_defaults
 
 # the store's helpers, sync and ProgressCallback live in their own modules; callers import them here too
 __all__ = [
@@ -43,18 +45,6 @@ __all__ = [
 ]  # fmt: skip
 
 PREFIX = "vptsearch."
-LOGGED_METRICS = (
-    "val_acc",
-    "val_loss",
-    "train_loss",
-    "train_acc",
-    "lr",
-    "test_acc",
-    "test_loss",
-    "epoch_seconds",
-    "nmi_mean",
-)
-LOGGED_METRIC_PREFIXES = ("nmi_layer",)  # per-layer series, as many as the model has prompted layers
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
 
 
@@ -245,6 +235,9 @@ def task_outcome(task: str, res: dict[str, Any]) -> tuple[str, str]:
     )  # fmt: skip
     lines = [
         f"**Winner** (trial {best['trial_id']}): {method}{f', {settings}' if settings else ''}",
+        f"**Head**: norm {param_value(cfg, 'head.norm')}, init {param_value(cfg, 'head.init')}, "
+        f"lr {param_value(cfg, 'optim.head_lr_scale')} × the base lr's, "
+        f"refit {param_value(cfg, 'head.refit')}",
         f"**Val** {_pct(best['val_acc'])} % · **{test.replace('test', 'Test')} %** over seeds "
         f"{', '.join(map(str, res.get('test_accs', {}))) or '-'}",
     ]
@@ -336,7 +329,9 @@ class TrackingCallback(tune.Callback):
                 tags["warm_start"] = cfg["warm_start"]
             ref = self.tracker.run(name, tags, key, parent=self.parents.get(task), new=not self.resume)
             control = ("task", "phase", "warm_start")
-            self.tracker.log(ref, params={k: v for k, v in cfg.items() if k not in control})
+            # with its method's defaults: the runs of launches whose spaces differ compare key by key
+            params = {**trial_defaults(cfg.get("method", "")), **cfg}
+            self.tracker.log(ref, params={k: v for k, v in params.items() if k not in control})
             self._runs[tid] = ref
         return self._runs[tid]
 

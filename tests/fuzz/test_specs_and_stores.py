@@ -18,8 +18,10 @@ and tests/data/test_bad_input.py's, as it needs a real pipe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,12 @@ def text_file(name: str, text: str = "not a database\n") -> Setup:
     return lambda folder: (folder / name).write_text(text)
 
 
+def empty_store(path: Path) -> None:
+    """A real SQLite database without tables (the store check asks SQLite, which reads it all)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 1")
+
+
 def read_only(name: str, mode: int) -> Setup:
     """``name`` (a file, or a folder when it ends in /) with ``mode``."""
 
@@ -101,7 +109,7 @@ def read_only(name: str, mode: int) -> Setup:
         if name.endswith("/"):
             path.mkdir()
         else:
-            path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+            empty_store(path)
         path.chmod(mode)
 
     return setup
@@ -330,7 +338,7 @@ def computed(
     run.mkdir(parents=True)
     (run / "spec.yaml").write_text("name: smoke\nsuite: mini\n")
     (run / "results.json").write_text('{"launch_id": "smoke/20261201-080000", "tasks": {}, "rows": []}')
-    (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3\x00" + bytes(100))
+    empty_store(tmp_path / "mlflow.db")
     bundle = tmp_path / "exports" / "smoke" / "20261201-080000" / "mini__digits"
     bundle.mkdir(parents=True)
     (bundle / "bundle.json").write_text("{}")

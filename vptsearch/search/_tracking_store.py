@@ -10,6 +10,7 @@ named ``it's``) needs the other quote kind, or, with both kinds in it, a ``LIKE`
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import urllib.parse
@@ -64,7 +65,6 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
     return uri
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 MIN_FREE = 1 << 20  # a store's folder with less free space than this fails its first transactions
 
 
@@ -73,9 +73,10 @@ def check_sqlite_store(uri: str) -> None:
     writable, in a folder where SQLite can create its journal files, on a disk with space left.
 
     Each is tried, not inferred from permission bits (root passes ``os.access`` on a read-only
-    file; a read-only mount or a full disk shows only when written): the file is opened for
-    writing and a probe file is created and removed in its folder. Else MLflow fails later, with
-    dozens of tracebacks ending in "attempt to write a readonly database" or an autoflush hint.
+    file; a read-only mount or a full disk shows only when written): SQLite opens the file and
+    takes its write lock, and a probe file is created and removed in its folder. Else MLflow fails
+    later, with dozens of tracebacks ending in "attempt to write a readonly database" or an
+    autoflush hint.
     """
     path = Path(uri[len("sqlite:///") :])
     parent = path.parent
@@ -85,15 +86,13 @@ def check_sqlite_store(uri: str) -> None:
     if path.exists():
         if not path.is_file():
             raise ConfigError(f"tracking URI {uri!r}: {str(path)!r} is not a file; {accepted}")
-        try:
-            with open(path, "r+b") as f:  # opened for writing: a read-only file or mount fails here
-                head = f.read(len(SQLITE_HEADER))
-        except OSError as exc:
-            raise ConfigError(
-                f"tracking URI {uri!r}: {str(path)!r} cannot be written ({exc.strerror}); {accepted}"
-            ) from None
-        if head and head != SQLITE_HEADER:
+        problem = _sqlite_file_problem(path.absolute())
+        if problem == NOT_A_DATABASE:
             raise ConfigError(f"tracking URI {uri!r}: {str(path)!r} is not a SQLite database; {accepted}")
+        if problem:
+            raise ConfigError(
+                f"tracking URI {uri!r}: {str(path)!r} cannot be written ({problem}); {accepted}"
+            )
     try:
         probe_writable(parent, size=4096)
         free = shutil.disk_usage(parent).free
@@ -106,6 +105,50 @@ def check_sqlite_store(uri: str) -> None:
             f"tracking URI {uri!r}: no space left on device in {str(parent)!r} ({free} bytes free); "
             f"free space or pass --tracking-uri on another disk"
         )
+
+
+NOT_A_DATABASE = "not a database"
+
+
+def _sqlite_file_problem(path: Path) -> str | None:
+    """Why SQLite cannot write the existing file ``path`` (``NOT_A_DATABASE`` or a reason), or None.
+
+    Asked through SQLite, never a Python ``open``: closing any descriptor of a database file drops
+    every POSIX lock this process's SQLite connections hold on it (fcntl semantics; SQLite defers
+    its own closes), and a writer in another process that then sees no other reader checkpoints and
+    deletes the WAL under them: a launch resumed in a process whose store was still open lost writes
+    or left the file "malformed" (tests/search/test_sqlite_locks.py).
+    """
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=0.2)
+    except sqlite3.Error as exc:
+        return _os_reason(path) or str(exc)
+    try:
+        con.execute("PRAGMA schema_version")  # reads the header: SQLITE_NOTADB for any other file
+        con.execute("BEGIN IMMEDIATE")  # the write lock (a read-only open takes it too), then a write
+        version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        con.execute(f"PRAGMA user_version = {version}")  # SQLITE_READONLY where it cannot be written
+        con.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_NOTADB:
+            return NOT_A_DATABASE
+        if code != sqlite3.SQLITE_BUSY:  # busy: another connection is writing it, so it is writable
+            return _os_reason(path) or str(exc)
+    finally:
+        con.close()
+    return None
+
+
+def _os_reason(path: Path) -> str | None:
+    """The operating system's word for a file that cannot be written, found without opening it."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if not os.access(path, os.W_OK):
+        return os.strerror(errno.EACCES)
+    return None
 
 
 def client(uri: str) -> Any:
@@ -173,8 +216,6 @@ def artifact_location(location: str | None, uri: str) -> str | None:
     if uri.startswith(("http://", "https://")):
         return None  # the server's own artifact store
     return Path(location).resolve().as_uri()
-
-
 
 
 # --- look-ups by tag ------------------------------------------------------------------------------

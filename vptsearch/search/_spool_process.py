@@ -9,10 +9,11 @@ the child applies them in order with the same batching, retries and backoff, and
 it got in the spool's positions file, exactly as the thread did. Records of the spool from before
 it started (a killed driver's tail) are replayed, never trusted as new.
 
-**Not the launch's default** (``Tracker(writer_process=True)`` only): a launch resumed after a
-Ctrl-C (tests/search/test_resume_layouts.py's first test with it on) left the sqlite store
-"malformed" in WAL mode (``VPTSEARCH_SQLITE_WAL=0``: intact), with one writer process at a time
-and the driver's own connection open beside it; the cause is not found yet.
+The launch's writer (``Tracker(writer_process=False)`` keeps the thread). It was not, until the
+cause of a "malformed" sqlite store was found: the store check before a resumed launch opened and
+closed the database file with Python's ``open``, which drops every POSIX lock the process's live
+SQLite connections hold on it, so this process saw no other reader, checkpointed and deleted the
+WAL under them (tests/search/test_sqlite_locks.py; the check now asks SQLite itself).
 
 The driver ends it by closing its stdin (after one line with the drain limits): it drains what is
 on disk and exits. A driver that dies closes the pipe too, so the child still drains the spool

@@ -52,8 +52,8 @@ class Tracker:
     """Driver-side MLflow writer of a launch: experiment, launch, task and trial runs.
 
     Runs are named by *refs* (their identifying tags, see :func:`_records.run_ref`), not MLflow
-    ids. With ``run_dir`` every write goes through the launch's durable spool and a background
-    thread (:mod:`vptsearch.search._spool`; ``writer_process``: :mod:`._spool_process`): callers
+    ids. With ``run_dir`` every write goes through the launch's durable spool and a writer process
+    (:mod:`._spool_process`; ``writer_process=False``: a thread, :mod:`vptsearch.search._spool`): callers
     never wait on the store and an unreachable server loses nothing (``vptsearch sync`` replays
     it). Without ``run_dir`` writes are applied at once; ``rewrite_metrics`` (only then) writes a
     metric again at a step its run already has.
@@ -73,7 +73,7 @@ class Tracker:
         run_dir: Path | None = None,
         *,
         rewrite_metrics: bool = False,
-        writer_process: bool = False,
+        writer_process: bool = True,
     ) -> None:
         if rewrite_metrics and run_dir is not None:
             raise ValueError(f"rewrite_metrics with run_dir {str(run_dir)!r}: a replay would double metrics")
@@ -87,7 +87,7 @@ class Tracker:
         self.writer: Writer | WriterProcess | None = None
         if self.run_dir is not None:
             spool = Spool(self.run_dir)
-            if writer_process:  # off the driver's GIL; not the default yet: see _spool_process
+            if writer_process:  # off the driver's GIL (see _spool_process)
                 self.writer = WriterProcess(spool, uri, experiment, artifact_location_)
             else:
                 self.writer = Writer(spool, self.applier, uri)

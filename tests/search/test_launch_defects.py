@@ -256,6 +256,24 @@ def test_interrupted_launch_names_the_space_file_in_its_resume_hint(base_raw, tm
     assert "..." not in err
 
 
+def test_a_ctrl_c_before_a_trial_reported_ends_as_an_interrupted_search(tmp_path) -> None:
+    """Tune returns the results of trials it had started but that never reported (no metrics, so no
+    config): the search's records leave them out (they were a TypeError, a traceback instead of the
+    interrupted launch's one line), and the trials that did report are still selected on."""
+    from ray.tune import Result
+
+    from vptsearch.search._phases import final_runs, trial_records
+
+    cfg = {"task": "mini/digits", "phase": "search", "method": "linear", "optim.base_lr": 1.0}
+    reported = Result(metrics={"config": cfg, "trial_id": "a", "epoch": 2, "val_acc": 0.5, "done": True},
+                      checkpoint=None, error=None, path=str(tmp_path / "a"))  # fmt: skip
+    never = Result(metrics={}, checkpoint=None, error=None, path=str(tmp_path / "b"))
+    assert never.config is None
+    (record,) = trial_records([never, reported], max_epochs=2)
+    assert record.trial_id == "a" and record.status == "completed" and record.val_acc == 0.5
+    assert final_runs([never], tmp_path, max_epochs=2) == {}
+
+
 # --- Tune-level: a local Ray per test ---------------------------------------------------------------
 # Not module-scoped: the preflight tests below assert that a refused launch never started Ray.
 @pytest.fixture

@@ -258,8 +258,10 @@ def _quiet_tune_restore_hint() -> Iterator[None]:
 
 
 def _of_phase(results: Any, phase: str) -> list[Any]:
-    """The results of ``phase``'s trials (a search experiment runs its tasks' finals too)."""
-    return [r for r in results if dict(r.config).get("phase", "search") == phase]
+    """The results of ``phase``'s trials (a search experiment runs its tasks' finals too). A trial
+    that never reported (a Ctrl-C right after Tune started it) has no config: it has nothing to
+    select on either, and the phase's count of finished trials says the launch is unfinished."""
+    return [r for r in results if r.config is not None and r.config.get("phase", "search") == phase]
 
 
 def trial_records(results: Any, max_epochs: int) -> list[TrialRecord]:

@@ -67,3 +67,13 @@ def test_check_still_tells_the_file_kinds_apart(tmp_path: Path) -> None:
     check_sqlite_store(f"sqlite:///{busy}")
     writer.execute("ROLLBACK")
     writer.close()
+
+
+def test_result_codes_without_sqlite_errorcode_come_from_the_message() -> None:
+    """Python 3.10's sqlite3 errors carry no result code: the message decides (an error raised by
+    hand has none on any version, as on 3.10)."""
+    from vptsearch.search._tracking_store import SQLITE_BUSY, SQLITE_NOTADB, _sqlite_code
+
+    assert _sqlite_code(sqlite3.DatabaseError("file is not a database")) == SQLITE_NOTADB
+    assert _sqlite_code(sqlite3.OperationalError("database is locked")) == SQLITE_BUSY
+    assert _sqlite_code(sqlite3.OperationalError("attempt to write a readonly database")) is None

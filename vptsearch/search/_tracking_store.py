@@ -108,6 +108,16 @@ def check_sqlite_store(uri: str) -> None:
 
 
 NOT_A_DATABASE = "not a database"
+SQLITE_BUSY, SQLITE_NOTADB = 5, 26  # SQLite's result codes (sqlite3 names them from Python 3.11 on)
+
+
+def _sqlite_code(exc: Exception) -> int | None:
+    """The primary SQLite result code of ``exc`` (Python 3.10 has only the message to go by)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF  # extended codes carry the primary one in their low byte
+    message = str(exc)
+    return SQLITE_NOTADB if "not a database" in message else SQLITE_BUSY if "locked" in message else None
 
 
 def _sqlite_file_problem(path: Path) -> str | None:
@@ -132,10 +142,10 @@ def _sqlite_file_problem(path: Path) -> str | None:
         con.execute(f"PRAGMA user_version = {version}")  # SQLITE_READONLY where it cannot be written
         con.execute("ROLLBACK")
     except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_NOTADB:
+        code = _sqlite_code(exc)
+        if code == SQLITE_NOTADB:
             return NOT_A_DATABASE
-        if code != sqlite3.SQLITE_BUSY:  # busy: another connection is writing it, so it is writable
+        if code != SQLITE_BUSY:  # busy: another connection is writing it, so it is writable
             return _os_reason(path) or str(exc)
     finally:
         con.close()

@@ -265,8 +265,8 @@ def test_a_ctrl_c_before_a_trial_reported_ends_as_an_interrupted_search(tmp_path
     from vptsearch.search._phases import final_runs, trial_records
 
     cfg = {"task": "mini/digits", "phase": "search", "method": "linear", "optim.base_lr": 1.0}
-    reported = Result(metrics={"config": cfg, "trial_id": "a", "epoch": 2, "val_acc": 0.5, "done": True},
-                      checkpoint=None, error=None, path=str(tmp_path / "a"))  # fmt: skip
+    last = {"config": cfg, "trial_id": "a", "epoch": 2, "val_acc": 0.5, "done": True}
+    reported = Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path / "a"))
     never = Result(metrics={}, checkpoint=None, error=None, path=str(tmp_path / "b"))
     assert never.config is None
     (record,) = trial_records([never, reported], max_epochs=2)

@@ -9,6 +9,7 @@ what they wrote next was lost or left the file "malformed".
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -47,9 +48,9 @@ def test_check_beside_an_open_wal_connection_loses_no_write(tmp_path: Path) -> N
         subprocess.run([sys.executable, "-c", CHILD.format(rows=ROWS), str(db)], check=True)
         _insert(con)
     con.close()
-    after = sqlite3.connect(db)
-    assert after.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert after.execute("SELECT COUNT(*) FROM t").fetchone()[0] == ROWS * (1 + 2 * rounds)
+    with contextlib.closing(sqlite3.connect(db)) as after:
+        assert after.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert after.execute("SELECT COUNT(*) FROM t").fetchone()[0] == ROWS * (1 + 2 * rounds)
 
 
 def test_check_still_tells_the_file_kinds_apart(tmp_path: Path) -> None:
